@@ -1,0 +1,70 @@
+"""Reading AnnData files without ever writing to them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import anndata as ad
+import h5py
+
+from ..errors import DataError
+
+
+def read_h5ad(path, layer: str | None = None) -> ad.AnnData:
+    """Read an ``.h5ad`` file fully into memory; the file is opened read-only and never written.
+
+    Parameters
+    ----------
+    path
+        Path of the ``.h5ad`` file.
+    layer
+        If given, the named layer (e.g. ``"counts"``) becomes ``X`` of the returned object (the
+        original ``X`` is kept as ``layers["X"]`` unless a layer of that name exists). ``X`` may be
+        dense or sparse either way.
+
+    Raises
+    ------
+    DataError
+        If the file does not exist, is not an HDF5/h5ad file, or lacks the requested layer.
+    """
+    path = Path(os.fspath(path)).expanduser()
+    if not path.exists():
+        raise DataError(f"File not found: {path}. Check the path (an .h5ad file is expected).")
+    if path.is_dir():
+        raise DataError(f"{path} is a folder, not an .h5ad file. Pass the path of the .h5ad file itself.")
+    if not h5py.is_hdf5(path):
+        raise DataError(
+            f"{path} is not an HDF5/.h5ad file. Convert it to .h5ad first "
+            "(e.g. anndata.read_csv / scanpy.read_10x_h5 followed by adata.write_h5ad)."
+        )
+    try:
+        # anndata opens the HDF5 file with mode "r" when not backed: nothing can be written.
+        adata = ad.read_h5ad(path)
+    except Exception as exc:  # corrupt or foreign HDF5 file
+        raise DataError(
+            f"Could not read {path} as AnnData ({type(exc).__name__}: {exc}). "
+            "Check that it was written by anndata (adata.write_h5ad)."
+        ) from exc
+    if layer is not None:
+        adata = use_layer(adata, layer, source=str(path))
+    return adata
+
+
+def use_layer(adata: ad.AnnData, layer: str, source: str | None = None) -> ad.AnnData:
+    """Return ``adata`` with ``layers[layer]`` moved into ``X`` (in place on this in-memory object)."""
+    if layer not in adata.layers:
+        where = f" in {source}" if source else ""
+        available = sorted(adata.layers.keys())
+        raise DataError(
+            f"Layer {layer!r} not found{where}. Available layers: {available or 'none'}. "
+            "Pass one of these as layer=..., or layer=None to use X."
+        )
+    old_x = adata.X
+    adata.X = adata.layers[layer]
+    if "X" not in adata.layers and old_x is not None:
+        adata.layers["X"] = old_x
+    return adata
+
+
+__all__ = ["read_h5ad", "use_layer"]
