@@ -1,0 +1,381 @@
+"""The paper's genomap analyses, made general (issue 6, item 2).
+
+Two analyses of counterfactual genomaps (METHOD.md section 5):
+
+* :func:`top_varying_genes` / :func:`top_genes_table`: for one cell (or group), the genes whose
+  pixel varies most (standard deviation) across the counterfactual batches: where the batch
+  changes the picture most.
+* :func:`pixel_test` / :func:`counterfactual_group_test`: per pixel, a Mann-Whitney U test between
+  the counterfactual genomaps of two user-chosen groups of batches, Benjamini-Hochberg correction
+  over the tested pixels, significant pixels mapped back to genes and drawn as a boolean overlay.
+
+Everything here is vectorised numpy / scipy (``scipy.stats.mannwhitneyu`` with ``axis``); images
+are ``(..., rows, cols)`` float arrays with NaN on empty pixels.  The gene under each pixel comes
+from a *gene grid*: a ``(rows, cols)`` object array of gene names (``None`` where no gene sits),
+built from a :class:`~napari_scmedal.genomap.GenomapLayout` by :func:`gene_grid`.
+Pure core: no Qt, no napari.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .errors import DataError
+
+__all__ = [
+    "gene_grid",
+    "spread_image",
+    "rank_pixels",
+    "top_varying_genes",
+    "top_genes_table",
+    "benjamini_hochberg",
+    "PixelTestResult",
+    "pixel_test",
+    "counterfactual_group_test",
+    "write_csv",
+]
+
+TOP_GENE_COLUMNS = ["gene", "row", "col", "std"]
+
+
+# ----------------------------------------------------------------------------------------------
+# gene <-> pixel
+# ----------------------------------------------------------------------------------------------
+def gene_grid(layout) -> np.ndarray:
+    """``(rows, cols)`` object array with the gene at each pixel (``None`` on empty pixels).
+
+    ``layout`` is a :class:`GenomapLayout` (uses ``shape``, ``genes`` and ``pixel_of_gene``) or
+    already a 2-D array of names, returned unchanged.
+    """
+    if isinstance(layout, np.ndarray) and layout.ndim == 2:
+        return layout
+    rows, cols = (int(v) for v in layout.shape)
+    grid = np.full((rows, cols), None, dtype=object)
+    pix = np.asarray(layout.pixel_of_gene, dtype=np.int64)
+    for gene, (r, c) in zip(layout.genes, pix):
+        grid[r, c] = str(gene)
+    return grid
+
+
+def _grid_for(layout, shape: tuple[int, int]) -> np.ndarray:
+    if layout is None:
+        # no layout: name pixels by position so tables still say where they are
+        grid = np.empty(shape, dtype=object)
+        for r in range(shape[0]):
+            for c in range(shape[1]):
+                grid[r, c] = f"pixel_{r}_{c}"
+        return grid
+    grid = gene_grid(layout)
+    if tuple(grid.shape) != tuple(shape):
+        raise DataError(
+            f"The images are {shape[0]} x {shape[1]} pixels but the genomap layout is "
+            f"{grid.shape[0]} x {grid.shape[1]}. Pass the layout the images were made with "
+            "(the model's layout, model.layout)."
+        )
+    return grid
+
+
+# ----------------------------------------------------------------------------------------------
+# top genes across counterfactual batches
+# ----------------------------------------------------------------------------------------------
+def spread_image(cf_images: np.ndarray) -> np.ndarray:
+    """Per-pixel standard deviation across counterfactual batches.
+
+    ``cf_images``: ``(n_batches, rows, cols)`` for one cell, or ``(n_cells, n_batches, rows, cols)``.
+    Returns ``(rows, cols)`` or ``(n_cells, rows, cols)``; NaN where the pixel is empty.
+    Population standard deviation (``ddof=0``), as numpy's default and the reference's.
+    """
+    a = np.asarray(cf_images, dtype=np.float64)
+    if a.ndim not in (3, 4):
+        raise DataError(
+            f"Expected counterfactual images shaped (n_batches, rows, cols) or "
+            f"(n_cells, n_batches, rows, cols), got an array of shape {a.shape}."
+        )
+    axis = a.ndim - 3
+    if a.shape[axis] < 2:
+        raise DataError(
+            "The spread across counterfactual batches needs at least two target batches; "
+            f"got {a.shape[axis]}. Choose two or more batches."
+        )
+    if not np.isnan(a).any():
+        return a.std(axis=axis)
+    empty = np.all(np.isnan(a), axis=axis)
+    with warnings.catch_warnings(), np.errstate(invalid="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN (empty) pixels
+        out = np.asarray(np.nanstd(a, axis=axis), dtype=np.float64)
+    out[empty] = np.nan
+    return out
+
+
+def top_varying_genes(cf_images: np.ndarray, layout=None, n: int = 10) -> pd.DataFrame:
+    """The ``n`` genes whose pixel varies most across one cell's counterfactual batches.
+
+    ``cf_images`` is ``(n_batches, rows, cols)`` (one cell or one averaged group).  Returns a
+    DataFrame with columns ``gene, row, col, std`` sorted by decreasing ``std``; empty pixels
+    never appear.  Ties are broken by pixel order (row-major) so the result is deterministic.
+    """
+    t = rank_pixels(spread_image(cf_images), layout=layout, n=n)
+    return t.rename(columns={"score": "std"})[TOP_GENE_COLUMNS]
+
+
+def rank_pixels(score: np.ndarray, layout=None, n: int = 10) -> pd.DataFrame:
+    """The ``n`` gene pixels with the largest ``score`` (a ``(rows, cols)`` image): DataFrame
+    ``gene, row, col, score``, decreasing; empty pixels (no gene, or NaN) never appear; ties in
+    row-major order."""
+    score = np.asarray(score, dtype=np.float64)
+    if score.ndim != 2:
+        raise DataError(f"Expected one (rows, cols) image to rank, got shape {score.shape}.")
+    grid = _grid_for(layout, score.shape)
+    flat = score.ravel()
+    has_gene = np.array([g is not None for g in grid.ravel()]) & ~np.isnan(flat)
+    idx = np.flatnonzero(has_gene)
+    order = idx[np.argsort(-flat[idx], kind="stable")][: max(int(n), 0)]
+    rows, cols = np.unravel_index(order, score.shape)
+    return pd.DataFrame(
+        {
+            "gene": [grid[r, c] for r, c in zip(rows, cols)],
+            "row": rows.astype(int),
+            "col": cols.astype(int),
+            "score": flat[order].astype(float),
+        }
+    )
+
+
+def top_genes_table(
+    cf_images: np.ndarray, layout=None, n: int = 10, row_names: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """Top varying genes for every row of a ``(n_rows, n_batches, rows, cols)`` stack.
+
+    Columns: ``cell, rank, gene, row, col, std`` (``rank`` 1 = largest spread), ready for CSV.
+    """
+    a = np.asarray(cf_images)
+    if a.ndim != 4:
+        raise DataError(
+            f"Expected a stack shaped (n_cells, n_batches, rows, cols), got shape {a.shape}."
+        )
+    names = list(row_names) if row_names is not None else [str(i) for i in range(a.shape[0])]
+    if len(names) != a.shape[0]:
+        raise DataError(f"{len(names)} row names given for {a.shape[0]} rows; give one name per row.")
+    frames = []
+    for name, cell in zip(names, a):
+        df = top_varying_genes(cell, layout=layout, n=n)
+        df.insert(0, "rank", np.arange(1, len(df) + 1))
+        df.insert(0, "cell", name)
+        frames.append(df)
+    if not frames:
+        return pd.DataFrame(columns=["cell", "rank", *TOP_GENE_COLUMNS])
+    return pd.concat(frames, ignore_index=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# multiple testing
+# ----------------------------------------------------------------------------------------------
+def benjamini_hochberg(pvalues: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (q-values), any shape; NaN entries stay NaN and are
+    not counted as tests."""
+    p = np.asarray(pvalues, dtype=np.float64)
+    q = np.full(p.shape, np.nan)
+    flat = p.ravel()
+    ok = np.flatnonzero(~np.isnan(flat))
+    m = ok.size
+    if m == 0:
+        return q
+    order = np.argsort(flat[ok], kind="stable")
+    ranked = flat[ok][order] * m / np.arange(1, m + 1)
+    # enforce monotonicity from the largest p downwards
+    ranked = np.minimum.accumulate(ranked[::-1])[::-1]
+    out = np.empty(m)
+    out[order] = np.clip(ranked, 0.0, 1.0)
+    qf = q.ravel()
+    qf[ok] = out
+    return qf.reshape(p.shape)
+
+
+# ----------------------------------------------------------------------------------------------
+# per-pixel group test
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class PixelTestResult:
+    """Result of a per-pixel test between two groups of genomaps.
+
+    ``table`` has one row per tested pixel: ``gene, row, col, mean_a, mean_b, diff (mean_b -
+    mean_a), statistic, p, q, significant``, sorted by ``q`` then ``p``.  ``significant`` is the
+    boolean ``(rows, cols)`` overlay (q < alpha), ``q``/``p`` the corresponding images (NaN on
+    untested pixels).
+    """
+
+    table: pd.DataFrame
+    significant: np.ndarray
+    p: np.ndarray
+    q: np.ndarray
+    diff: np.ndarray
+    alpha: float
+    group_a: str = "A"
+    group_b: str = "B"
+    n_a: int = 0
+    n_b: int = 0
+    test: str = "mannwhitney"
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def significant_genes(self) -> pd.DataFrame:
+        """Rows of ``table`` with q < alpha."""
+        return self.table[self.table["significant"]].reset_index(drop=True)
+
+    def to_csv(self, path, significant_only: bool = False) -> str:
+        df = self.significant_genes if significant_only else self.table
+        return write_csv(df, path)
+
+
+def pixel_test(
+    group_a: np.ndarray,
+    group_b: np.ndarray,
+    layout=None,
+    alpha: float = 0.05,
+    alternative: str = "two-sided",
+    names: tuple[str, str] = ("A", "B"),
+) -> PixelTestResult:
+    """Per-pixel Mann-Whitney U between two samples of genomaps, BH-corrected.
+
+    ``group_a``: ``(n_a, rows, cols)``, ``group_b``: ``(n_b, rows, cols)``.  Pixels that are empty
+    (NaN) or constant over both groups are not tested (their q is NaN and they are never
+    significant).  The asymptotic p-value with tie correction is used (exact p-values are not
+    defined with ties, which are common in expression data).
+    """
+    a = np.asarray(group_a, dtype=np.float64)
+    b = np.asarray(group_b, dtype=np.float64)
+    if a.ndim != 3 or b.ndim != 3 or a.shape[1:] != b.shape[1:]:
+        raise DataError(
+            "The two groups must be stacks of genomaps of the same size, shaped "
+            f"(n, rows, cols); got {a.shape} and {b.shape}."
+        )
+    if a.shape[0] < 2 or b.shape[0] < 2:
+        raise DataError(
+            f"Each group needs at least 2 genomaps for a Mann-Whitney test (got {a.shape[0]} and "
+            f"{b.shape[0]}). Choose more cells or more batches per group."
+        )
+    if not 0 < alpha < 1:
+        raise DataError(f"alpha must be between 0 and 1 (got {alpha}); 0.05 is usual.")
+    shape = a.shape[1:]
+    grid = _grid_for(layout, shape)
+    af = a.reshape(a.shape[0], -1)
+    bf = b.reshape(b.shape[0], -1)
+    both = np.concatenate([af, bf], axis=0)
+    has_gene = np.array([g is not None for g in grid.ravel()])
+    finite = np.all(np.isfinite(both), axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        varies = np.nanmax(both, axis=0) > np.nanmin(both, axis=0)
+    tested = has_gene & finite & varies
+    idx = np.flatnonzero(tested)
+    p = np.full(af.shape[1], np.nan)
+    u = np.full(af.shape[1], np.nan)
+    if idx.size:
+        res = stats.mannwhitneyu(
+            af[:, idx], bf[:, idx], axis=0, alternative=alternative, method="asymptotic"
+        )
+        u[idx] = res.statistic
+        p[idx] = res.pvalue
+    q = benjamini_hochberg(p)
+    sig = np.nan_to_num(q, nan=1.0) < alpha
+    with warnings.catch_warnings(), np.errstate(invalid="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN (empty) pixels
+        mean_a = np.nanmean(af, axis=0)
+        mean_b = np.nanmean(bf, axis=0)
+    diff = mean_b - mean_a
+    rows, cols = np.unravel_index(idx, shape)
+    table = pd.DataFrame(
+        {
+            "gene": [grid[r, c] for r, c in zip(rows, cols)],
+            "row": rows.astype(int),
+            "col": cols.astype(int),
+            f"mean_{names[0]}": mean_a[idx],
+            f"mean_{names[1]}": mean_b[idx],
+            "diff": diff[idx],
+            "statistic": u[idx],
+            "p": p[idx],
+            "q": q[idx],
+            "significant": sig[idx],
+        }
+    )
+    table = table.sort_values(["q", "p"], kind="stable").reset_index(drop=True)
+    diff_img = diff.reshape(shape)
+    diff_img[~tested.reshape(shape)] = np.nan
+    return PixelTestResult(
+        table=table,
+        significant=sig.reshape(shape),
+        p=p.reshape(shape),
+        q=q.reshape(shape),
+        diff=diff_img,
+        alpha=float(alpha),
+        group_a=str(names[0]),
+        group_b=str(names[1]),
+        n_a=int(a.shape[0]),
+        n_b=int(b.shape[0]),
+        test="mannwhitney",
+    )
+
+
+def counterfactual_group_test(
+    comparison,
+    batches_a: Sequence[str],
+    batches_b: Sequence[str],
+    alpha: float = 0.05,
+    alternative: str = "two-sided",
+    names: tuple[str, str] | None = None,
+) -> PixelTestResult:
+    """Mann-Whitney U per pixel between the counterfactual genomaps of two groups of batches.
+
+    ``comparison`` is a :class:`~napari_scmedal.compare.Comparison` (one row per cell, not
+    averaged) holding ``Counterfactual -> <b>`` images for every batch named.  Group A's sample
+    is every (cell, batch in ``batches_a``) counterfactual image, group B's likewise, as in the
+    paper (METHOD.md section 5).
+    """
+    from .compare import counterfactual_name  # local: compare imports this module
+
+    batches_a = [str(b) for b in batches_a]
+    batches_b = [str(b) for b in batches_b]
+    if not batches_a or not batches_b:
+        raise DataError("Choose at least one batch for each of the two groups.")
+    overlap = sorted(set(batches_a) & set(batches_b))
+    if overlap:
+        raise DataError(
+            f"Batches {overlap} are in both groups; each batch must be in one group only."
+        )
+    missing = [b for b in batches_a + batches_b if counterfactual_name(b) not in comparison.images]
+    if missing:
+        raise DataError(
+            f"The comparison has no counterfactual for batch(es) {missing}. Available: "
+            f"{list(comparison.batches)}. Recompute the comparison with these target batches."
+        )
+    ga = np.concatenate([comparison.images[counterfactual_name(b)] for b in batches_a], axis=0)
+    gb = np.concatenate([comparison.images[counterfactual_name(b)] for b in batches_b], axis=0)
+    if names is None:
+        names = ("A", "B")
+    res = pixel_test(ga, gb, layout=comparison.layout, alpha=alpha, alternative=alternative, names=names)
+    res.meta = {"batches_a": batches_a, "batches_b": batches_b, "n_cells": int(comparison.n_rows)}
+    return res
+
+
+# ----------------------------------------------------------------------------------------------
+# output
+# ----------------------------------------------------------------------------------------------
+def write_csv(df: pd.DataFrame, path) -> str:
+    """Write ``df`` to ``path`` as CSV atomically (temporary file + ``os.replace``)."""
+    path = os.fspath(path)
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    tmp = os.path.join(d, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        df.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
