@@ -1,0 +1,57 @@
+"""Small helpers shared by the dock widgets: finding layers, running workers, notifications."""
+
+from __future__ import annotations
+
+from napari.layers import Points
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QObject, Signal
+
+from ._layers import ADATA_KEY
+
+MODEL_KEY = "scmedal_model"
+
+
+def cells_layers(viewer):
+    """Points layers that carry an AnnData (cells layers, latent layers)."""
+    return [ly for ly in viewer.layers if isinstance(ly, Points) and ly.metadata.get(ADATA_KEY) is not None]
+
+
+def model_layers(viewer):
+    """Layers that carry a trained or loaded scMEDAL model (one entry per distinct model)."""
+    seen, out = set(), []
+    for ly in viewer.layers:
+        m = ly.metadata.get(MODEL_KEY)
+        if m is not None and id(m) not in seen:
+            seen.add(id(m))
+            out.append(ly)
+    return out
+
+
+def obs_columns(adata, categorical_only=False):
+    cols = []
+    for c in adata.obs.columns:
+        s = adata.obs[c]
+        if categorical_only and not (str(s.dtype) in ("category", "object", "bool") or s.nunique() <= 50):
+            continue
+        cols.append(str(c))
+    return cols
+
+
+def notify_error(exc, widget=None):
+    """Show a core error as a napari notification (its message already names the fix)."""
+    msg = str(exc) or exc.__class__.__name__
+    if widget is not None:
+        widget.last_error = msg
+    show_error(msg)
+
+
+def notify_info(msg, widget=None):
+    if widget is not None:
+        widget.last_info = msg
+    show_info(msg)
+
+
+class Bridge(QObject):
+    """Carries values from a worker thread to the GUI thread (queued Qt signal)."""
+
+    message = Signal(object)

@@ -1,0 +1,562 @@
+"""Dock widget: genomap explorer (Original, FE/RE reconstructions, counterfactuals, differences).
+
+All science is in :func:`napari_scmedal.compare.compare_cells`; this widget picks the cells and
+target batches, runs it in a worker and shows the returned :class:`~napari_scmedal.compare.Comparison`
+as napari layers laid out as tiles:
+
+* band 1 (expression, one shared colormap and contrast range): Original, FE reconstruction,
+  RE reconstruction, Counterfactual -> b for each target batch b;
+* band 2 (differences, diverging colormap with symmetric limits centred on 0): FE - Original
+  under FE, Counterfactual -> b - Original under Counterfactual -> b;
+* band 3: Counterfactual -> b - Counterfactual -> own batch under Counterfactual -> b.
+
+Each image layer stacks the comparison's rows (cells, or one averaged group) top to bottom with
+a small NaN gap. The own batch of each row is framed, the top varying genes are marked with
+labelled points, and hovering a pixel names its gene and every layer's value there.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from napari.layers import Image
+from napari.qt.threading import create_worker
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ._common import MODEL_KEY, cells_layers, model_layers, notify_error
+from ._layers import ADATA_KEY
+from ._settings import load_settings, save_settings
+
+SECTION = "explorer_widget"
+PREFIX = "genomap | "
+GENOMAP_KEY = "scmedal_genomap"
+EXPRESSION_CMAP = "viridis"
+DIFFERENCE_CMAP = "RdBu_r"
+MODES = ("group (label x batch)", "cell indices", "selected points")
+ANY = "(any)"
+ROW_GAP = 2  # NaN pixels between the rows of one tile
+TILE_GAP = 8  # world units between tiles
+BAND_GAP = 14  # world units between bands (room for titles)
+TITLES_LAYER = PREFIX + "titles"
+ROWS_LAYER = PREFIX + "row titles"
+OWN_LAYER = PREFIX + "own batch"
+TOP_LAYER = PREFIX + "top genes"
+
+
+def tile_positions(comp):
+    """``{image name: (band, column)}`` for the readable tile arrangement described above."""
+    from napari_scmedal.compare import (
+        FE_MINUS_ORIGINAL,
+        FE_RECON,
+        ORIGINAL,
+        RE_RECON,
+        cf_minus_original_name,
+        cf_minus_own_name,
+        counterfactual_name,
+    )
+
+    pos = {ORIGINAL: (0, 0), FE_RECON: (0, 1), RE_RECON: (0, 2), FE_MINUS_ORIGINAL: (1, 1)}
+    for i, b in enumerate(comp.batches):
+        pos[counterfactual_name(b)] = (0, 3 + i)
+        pos[cf_minus_original_name(b)] = (1, 3 + i)
+        pos[cf_minus_own_name(b)] = (2, 3 + i)
+    # anything else the core adds goes at the end of its kind's band
+    nxt = {0: 3 + len(comp.batches), 1: 3 + len(comp.batches)}
+    for name in comp.names:
+        if name not in pos:
+            band = 0 if comp.kinds[name] == "expression" else 1
+            pos[name] = (band, nxt[band])
+            nxt[band] += 1
+    return pos
+
+
+def stack_rows(images, gap=ROW_GAP):
+    """``(n_rows, R, C)`` -> 2-D ``(n_rows * (R + gap) - gap, C)`` with NaN rows between cells."""
+    n, R, C = images.shape
+    out = np.full((n * (R + gap) - gap, C), np.nan, dtype=np.float32)
+    for i in range(n):
+        out[i * (R + gap) : i * (R + gap) + R] = images[i]
+    return out
+
+
+def short_title(name, comp):
+    """Compact tile title (napari text does not scale with zoom)."""
+    from napari_scmedal.compare import FE_MINUS_ORIGINAL, FE_RECON, ORIGINAL, RE_RECON
+
+    t = {ORIGINAL: "Original", FE_RECON: "FE recon.", RE_RECON: "RE recon.", FE_MINUS_ORIGINAL: "FE - Orig."}
+    if name in t:
+        return t[name]
+    return name.replace("Counterfactual -> ", "CF->").replace(" - Original", " - Orig.").replace(
+        " - CF->own batch", " - own")
+
+
+class GenomapExplorer(QWidget):
+    """Pick cells and target batches; show their genomaps in every version, with differences."""
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.comparison = None
+        self.layers = {}  # image name -> layer
+        self.last_error = None
+        self.last_info = None
+        self.workers = []
+        self._pending = False
+        self._origin = None  # world (y, x) of the top-left tile, kept across recomputes
+        self._watched = set()
+
+        root = QVBoxLayout(self)
+        form = QFormLayout()
+        self.model_combo = QComboBox()
+        self.cells_combo = QComboBox()
+        self.mode_combo = QComboBox()
+        self.mode_combo.addItems(MODES)
+        self.label_combo = QComboBox()
+        self.batch_combo = QComboBox()
+        self.max_cells_spin = QSpinBox()
+        self.max_cells_spin.setRange(1, 50)
+        self.max_cells_spin.setValue(3)
+        self.indices_edit = QLineEdit()
+        self.indices_edit.setPlaceholderText("e.g. 0, 12, 40")
+        self.targets_list = QListWidget()
+        self.targets_list.setSelectionMode(QAbstractItemView.SelectionMode.MultiSelection)
+        self.targets_list.setMaximumHeight(110)
+        self.average_check = QCheckBox("average the selected cells (one row)")
+        self.scale_combo = QComboBox()
+        self.scale_combo.addItems(["log1p", "zscore"])
+        self.auto_check = QCheckBox("update when the selection changes")
+        self.auto_check.setChecked(True)
+        form.addRow("model", self.model_combo)
+        form.addRow("cells from layer", self.cells_combo)
+        form.addRow("choose cells by", self.mode_combo)
+        form.addRow("label", self.label_combo)
+        form.addRow("batch", self.batch_combo)
+        form.addRow("cells shown", self.max_cells_spin)
+        form.addRow("indices", self.indices_edit)
+        form.addRow("target batches", self.targets_list)
+        form.addRow("scale", self.scale_combo)
+        form.addRow(self.average_check)
+        form.addRow(self.auto_check)
+        root.addLayout(form)
+        row = QHBoxLayout()
+        self.compute_btn = QPushButton("Compute")
+        self.all_btn = QPushButton("All batches")
+        row.addWidget(self.compute_btn)
+        row.addWidget(self.all_btn)
+        root.addLayout(row)
+        self.status_label = QLabel("Train or load a model in the scMEDAL model widget, then Compute.")
+        self.status_label.setWordWrap(True)
+        root.addWidget(self.status_label)
+        self.hover_label = QLabel("Hover a genomap pixel to see its gene and values.")
+        self.hover_label.setWordWrap(True)
+        self.hover_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        root.addWidget(self.hover_label)
+        root.addWidget(QLabel("Genes varying most across the target batches:"))
+        self.top_list = QListWidget()
+        self.top_list.setMaximumHeight(170)
+        root.addWidget(self.top_list)
+        root.addStretch(1)
+
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(150)
+        self._timer.timeout.connect(self.compute)
+
+        self._restore()
+        self.compute_btn.clicked.connect(self.compute)
+        self.all_btn.clicked.connect(self._select_all_targets)
+        self.model_combo.currentTextChanged.connect(self._on_model_changed)
+        self.mode_combo.currentTextChanged.connect(self._update_mode)
+        self.viewer.layers.events.inserted.connect(self._refresh_layers)
+        self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self.viewer.mouse_move_callbacks.append(self._on_mouse_move)
+        self._refresh_layers()
+        self._update_mode()
+
+    # ------------------------------------------------------------------ choices
+    def _restore(self):
+        s = load_settings(SECTION)
+        self._saved = s
+        if s.get("mode") in MODES:
+            self.mode_combo.setCurrentText(s["mode"])
+        if isinstance(s.get("max_cells"), int):
+            self.max_cells_spin.setValue(s["max_cells"])
+        if s.get("scale") in ("log1p", "zscore"):
+            self.scale_combo.setCurrentText(s["scale"])
+        self.average_check.setChecked(bool(s.get("average", False)))
+        self.auto_check.setChecked(bool(s.get("auto_update", True)))
+        self.indices_edit.setText(str(s.get("indices", "")))
+
+    def settings(self):
+        return {
+            "mode": self.mode_combo.currentText(),
+            "label": self.label_combo.currentText(),
+            "batch": self.batch_combo.currentText(),
+            "max_cells": self.max_cells_spin.value(),
+            "indices": self.indices_edit.text(),
+            "targets": self.target_batches(),
+            "scale": self.scale_combo.currentText(),
+            "average": self.average_check.isChecked(),
+            "auto_update": self.auto_check.isChecked(),
+        }
+
+    def _update_mode(self, *_):
+        mode = self.mode_combo.currentText()
+        self.label_combo.setEnabled(mode == MODES[0])
+        self.batch_combo.setEnabled(mode == MODES[0])
+        self.max_cells_spin.setEnabled(mode == MODES[0])
+        self.indices_edit.setEnabled(mode == MODES[1])
+
+    def _refresh_layers(self, event=None):
+        for combo, layers in ((self.model_combo, model_layers(self.viewer)),
+                              (self.cells_combo, cells_layers(self.viewer))):
+            cur = combo.currentText()
+            names = [ly.name for ly in layers]
+            combo.blockSignals(True)
+            combo.clear()
+            combo.addItems(names)
+            if cur in names:
+                combo.setCurrentText(cur)
+            combo.blockSignals(False)
+        for ly in cells_layers(self.viewer):
+            if id(ly) not in self._watched:
+                self._watched.add(id(ly))
+                ly.selected_data.events.items_changed.connect(
+                    lambda *a, _ly=ly: self._on_selection_changed(_ly))
+        self._on_model_changed()
+
+    def model(self):
+        name = self.model_combo.currentText()
+        if name and name in self.viewer.layers:
+            return self.viewer.layers[name].metadata.get(MODEL_KEY)
+        return None
+
+    def cells_layer(self):
+        name = self.cells_combo.currentText()
+        if name and name in self.viewer.layers:
+            return self.viewer.layers[name]
+        name = self.model_combo.currentText()
+        return self.viewer.layers[name] if name and name in self.viewer.layers else None
+
+    def _on_model_changed(self, *_):
+        model = self.model()
+        key = id(model) if model is not None else None
+        if getattr(self, "_model_key", "unset") == key:
+            return
+        self._model_key = key
+        self.targets_list.clear()
+        self.label_combo.clear()
+        self.batch_combo.clear()
+        if model is None:
+            return
+        saved_targets = self._saved.get("targets") or []
+        batches = [str(b) for b in model.batches]
+        self.targets_list.addItems(batches)
+        keep = [b for b in saved_targets if b in batches] or batches
+        for i in range(self.targets_list.count()):
+            it = self.targets_list.item(i)
+            it.setSelected(it.text() in keep)
+        labels = [str(x) for x in (model.labels or [])]
+        self.label_combo.addItems([ANY] + labels)
+        self.batch_combo.addItems([ANY] + batches)
+        for combo, key in ((self.label_combo, "label"), (self.batch_combo, "batch")):
+            v = self._saved.get(key)
+            if v and combo.findText(v) >= 0:
+                combo.setCurrentText(v)
+        if self.label_combo.currentText() == ANY and labels:
+            self.label_combo.setCurrentText(labels[0])
+
+    def _select_all_targets(self):
+        for i in range(self.targets_list.count()):
+            self.targets_list.item(i).setSelected(True)
+
+    def target_batches(self):
+        return [self.targets_list.item(i).text() for i in range(self.targets_list.count())
+                if self.targets_list.item(i).isSelected()]
+
+    def chosen_cells(self, layer):
+        """Integer indices (into the layer's AnnData) of the cells to compare."""
+        from napari_scmedal.compare import select_cells
+        from napari_scmedal.errors import DataError
+
+        adata = layer.metadata[ADATA_KEY]
+        mode = self.mode_combo.currentText()
+        if mode == MODES[2]:
+            idx = np.array(sorted(layer.selected_data), dtype=np.int64)
+            if idx.size == 0:
+                raise DataError(f"No points are selected in '{layer.name}': select cells with the "
+                                "selection tool (press S) or choose cells by group or index.")
+            return idx
+        if mode == MODES[1]:
+            text = self.indices_edit.text().replace(";", ",")
+            try:
+                idx = [int(t) for t in text.replace(" ", ",").split(",") if t.strip()]
+            except ValueError:
+                raise DataError(f"Cannot read cell indices {text!r}: write integers separated by commas, "
+                                "e.g. 0, 12, 40.") from None
+            if not idx:
+                raise DataError("No cell index given: type one or more, e.g. 0, 12, 40.")
+            return np.array(idx, dtype=np.int64)
+        model = self.model()
+        group = {}
+        if self.label_combo.currentText() not in ("", ANY) and model.recipe.label_key:
+            group[model.recipe.label_key] = self.label_combo.currentText()
+        if self.batch_combo.currentText() not in ("", ANY):
+            group[model.recipe.batch_key] = self.batch_combo.currentText()
+        idx = select_cells(adata, group)
+        if not self.average_check.isChecked() and idx.size > self.max_cells_spin.value():
+            rng = np.random.default_rng(0)
+            idx = np.sort(rng.choice(idx, self.max_cells_spin.value(), replace=False))
+        return idx
+
+    # ------------------------------------------------------------------ computing
+    @property
+    def busy(self):
+        return bool(self.workers)
+
+    def _on_selection_changed(self, layer):
+        if (self.auto_check.isChecked() and self.mode_combo.currentText() == MODES[2]
+                and self.model() is not None and layer.name == self.cells_combo.currentText()
+                and len(layer.selected_data)):
+            self._timer.start()
+
+    def compute(self):
+        """Compute the comparison for the current choices in a worker; replaces this widget's layers."""
+        model = self.model()
+        layer = self.cells_layer()
+        if model is None or layer is None:
+            notify_error(ValueError("No model: train or load one in the scMEDAL model widget first "
+                                    "(Plugins > scMEDAL > scMEDAL model)."), self)
+            return None
+        if self.busy:
+            self._pending = True
+            return None
+        try:
+            cells = self.chosen_cells(layer)
+            targets = self.target_batches()
+            if not targets:
+                raise ValueError("No target batch selected: select at least one in the list "
+                                 "(or press All batches).")
+        except Exception as exc:
+            notify_error(exc, self)
+            return None
+        s = self.settings()
+        save_settings(SECTION, s)
+        adata = layer.metadata[ADATA_KEY]
+        average = s["average"]
+        scale = s["scale"]
+        needs_layout = getattr(model, "layout", None) is None
+        self.status_label.setText("Computing the genomap layout once for this model (Gromov-Wasserstein)..."
+                                  if needs_layout else "Computing...")
+
+        def _work():
+            from napari_scmedal.compare import compare_cells
+
+            return compare_cells(model, cells, target_batches=targets, adata=adata, average=average,
+                                 scale=scale)
+
+        worker = create_worker(_work, _start_thread=False)
+        self.workers.append(worker)
+
+        def _err(exc):
+            self.status_label.setText(f"Failed: {exc}")
+            notify_error(exc, self)
+
+        def _finish():
+            if worker in self.workers:
+                self.workers.remove(worker)
+            self.compute_btn.setEnabled(True)
+            if self._pending:
+                self._pending = False
+                self.compute()
+
+        worker.returned.connect(self.show_comparison)
+        worker.errored.connect(_err)
+        worker.finished.connect(_finish)
+        self.compute_btn.setEnabled(False)
+        worker.start()
+        return worker
+
+    # ------------------------------------------------------------------ layers
+    def _block_origin(self):
+        if self._origin is not None and any(ly in self.viewer.layers for ly in self.layers.values()):
+            return self._origin
+        right, top = 0.0, 0.0
+        others = [ly for ly in self.viewer.layers if not ly.metadata.get(GENOMAP_KEY) and ly.visible]
+        if others:
+            right = max(ly.extent.world[1][-1] for ly in others)
+            top = min(ly.extent.world[0][-2] for ly in others)
+            right += 40
+        self._origin = (top + 20, right)
+        return self._origin
+
+    def tile_origin(self, name):
+        """World (y, x) of the top-left pixel of image ``name``'s tile."""
+        return tuple(self.layers[name].translate[-2:])
+
+    def show_comparison(self, comp):
+        """Turn a Comparison into (re)named layers; existing layers of this widget are updated, not duplicated."""
+        self.comparison = comp
+        R, C = comp.shape
+        n = comp.n_rows
+        band_h = n * (R + ROW_GAP) - ROW_GAP
+        y0, x0 = self._block_origin()
+        pos = tile_positions(comp)
+        layout = comp.layout
+        wanted = set()
+        for name in comp.names:
+            band, col = pos[name]
+            data = stack_rows(comp.images[name])
+            kind = comp.kinds[name]
+            cmap = EXPRESSION_CMAP if kind == "expression" else DIFFERENCE_CMAP
+            limits = tuple(float(v) for v in comp.limits_for(name))
+            translate = (y0 + band * (band_h + BAND_GAP), x0 + col * (C + TILE_GAP))
+            meta = {GENOMAP_KEY: True, "kind": kind, "image": name, "layout": layout, "tile_shape": (R, C),
+                    "gap": ROW_GAP, "row_labels": list(comp.row_titles), "comparison": comp,
+                    "colormap_name": cmap, "units": comp.units}
+            lname = PREFIX + name
+            wanted.add(lname)
+            if lname in self.viewer.layers and isinstance(self.viewer.layers[lname], Image):
+                ly = self.viewer.layers[lname]
+                ly.data = data
+                ly.translate = translate
+                ly.metadata = meta
+                ly.colormap = cmap
+                ly.contrast_limits_range = limits
+                ly.contrast_limits = limits
+            else:
+                ly = self.viewer.add_image(data, name=lname, colormap=cmap, contrast_limits=limits,
+                                           translate=translate, interpolation2d="nearest", metadata=meta)
+            self.layers[name] = ly
+        for ly in list(self.viewer.layers):
+            if ly.metadata.get(GENOMAP_KEY) and ly.name not in wanted and ly.name not in (
+                    TITLES_LAYER, ROWS_LAYER, OWN_LAYER, TOP_LAYER):
+                self.viewer.layers.remove(ly)
+        self.layers = {k: v for k, v in self.layers.items() if v in self.viewer.layers}
+        self._add_annotations(comp, pos, band_h, y0, x0)
+        self._fill_top_list(comp)
+        self.status_label.setText(
+            f"{n} row(s) x {len(comp.names)} images of {R} x {C} pixels ({comp.units}); "
+            f"expression range {comp.expression_limits[0]:.2f} to {comp.expression_limits[1]:.2f}, "
+            f"differences +/-{comp.difference_limits[1]:.2f}.")
+
+    def _replace_layer(self, name, adder, data, **kwargs):
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(name)
+        kwargs.setdefault("metadata", {})[GENOMAP_KEY] = True
+        return adder(data, name=name, **kwargs)
+
+    def _add_annotations(self, comp, pos, band_h, y0, x0):
+        R, C = comp.shape
+        # titles above every tile; row titles left of the first tile
+        pts, texts = [], []
+        for name in comp.names:
+            band, col = pos[name]
+            pts.append((y0 + band * (band_h + BAND_GAP) - 3, x0 + col * (C + TILE_GAP) + C / 2))
+            texts.append(short_title(name, comp))
+        self._replace_layer(
+            TITLES_LAYER, self.viewer.add_points, np.array(pts, dtype=float),
+            size=0.01, face_color="transparent", border_width=0, features={"title": texts},
+            text={"string": "{title}", "size": 8, "color": "white", "anchor": "center"},
+        )
+        pts = [(y0 + r * (R + ROW_GAP) + R / 2, x0 - 2) for r in range(comp.n_rows)]
+        self._replace_layer(
+            ROWS_LAYER, self.viewer.add_points, np.array(pts, dtype=float),
+            size=0.01, face_color="transparent", border_width=0, features={"title": list(comp.row_titles)},
+            text={"string": "{title}", "size": 8, "color": "white", "anchor": "lower_right"},
+        )
+        # frame around each row's own-batch counterfactual
+        rects = []
+        for r in range(comp.n_rows):
+            own = comp.own_batch_column(r)
+            if own is None or own not in pos:
+                continue
+            band, col = pos[own]
+            top = y0 + band * (band_h + BAND_GAP) + r * (R + ROW_GAP) - 0.5
+            left = x0 + col * (C + TILE_GAP) - 0.5
+            rects.append(np.array([[top, left], [top + R, left + C]]))
+        if rects:
+            self._replace_layer(OWN_LAYER, self.viewer.add_shapes, rects, shape_type="rectangle",
+                                edge_color="yellow", face_color="transparent", edge_width=1.5)
+        elif OWN_LAYER in self.viewer.layers:
+            self.viewer.layers.remove(OWN_LAYER)
+        # top varying genes: marked on every expression tile of their row, labelled on the Original tile
+        tg = comp.top_genes
+        if tg is not None and len(tg):
+            pts, labels = [], []
+            exp_names = [nm for nm in comp.names if comp.kinds[nm] == "expression"]
+            for _, t in tg.iterrows():
+                r = int(t["row"])
+                for nm in exp_names:
+                    band, col = pos[nm]
+                    pts.append((y0 + band * (band_h + BAND_GAP) + r * (R + ROW_GAP) + float(t["row_px"]),
+                                x0 + col * (C + TILE_GAP) + float(t["col_px"])))
+                    labels.append(str(t["gene"]) if col == 0 else "")
+            self._replace_layer(
+                TOP_LAYER, self.viewer.add_points, np.array(pts, dtype=float), size=2.2,
+                face_color="transparent", border_color="white", border_width=0.15,
+                features={"gene": labels},
+                text={"string": "{gene}", "size": 7, "color": "white", "anchor": "upper_left",
+                      "translation": [-1.5, 1.5]},
+            )
+        elif TOP_LAYER in self.viewer.layers:
+            self.viewer.layers.remove(TOP_LAYER)
+
+    def _fill_top_list(self, comp):
+        self.top_list.clear()
+        t = comp.top_genes_overall
+        if t is None or not len(t):
+            self.top_list.addItem("(needs at least 2 target batches)")
+            return
+        for _, row in t.iterrows():
+            self.top_list.addItem(f"{int(row['rank']):2d}. {row['gene']}  (pixel {int(row['row_px'])},"
+                                  f"{int(row['col_px'])}; spread {float(row['spread']):.3f})")
+
+    # ------------------------------------------------------------------ hover
+    def lookup(self, world_pos):
+        """What is under ``world_pos`` (y, x): ``None`` off the tiles, else a dict with the tile's image
+        name, the comparison row, the pixel (r, c), the gene there and every image's value there."""
+        comp = self.comparison
+        if comp is None or not self.layers:
+            return None
+        R, C = comp.shape
+        y, x = float(world_pos[-2]), float(world_pos[-1])
+        for name, ly in self.layers.items():
+            if ly not in self.viewer.layers:
+                continue
+            ty, tx = ly.translate[-2:]
+            h = ly.data.shape[0]
+            yy, xx = int(np.floor(y - ty + 0.5)), int(np.floor(x - tx + 0.5))
+            if 0 <= yy < h and 0 <= xx < C:
+                row, r = divmod(yy, R + ROW_GAP)
+                if r >= R:
+                    return None
+                gene = comp.layout.gene_at(r, xx)
+                values = {nm: float(comp.images[nm][row, r, xx]) for nm in comp.names}
+                return {"image": name, "row": row, "row_title": comp.row_titles[row], "pixel": (r, xx),
+                        "gene": gene, "values": values}
+        return None
+
+    def _on_mouse_move(self, viewer, event):
+        info = self.lookup(event.position)
+        if info is None:
+            return
+        gene = info["gene"] or "(empty pixel)"
+        vals = "; ".join(f"{short_title(k, self.comparison)} {v:.2f}" for k, v in info["values"].items()
+                         if np.isfinite(v))
+        text = f"{gene} at pixel {info['pixel']} - {info['row_title']}: {vals}"
+        self.hover_label.setText(text)
+        viewer.status = f"{gene} | {info['image']}: {info['values'][info['image']]:.3f}"

@@ -1,0 +1,171 @@
+"""Dock widget: export the genomap explorer's current comparison as a publication panel.
+
+The panel itself is drawn by :func:`napari_scmedal.figures.comparison_figure` and written by
+:func:`napari_scmedal.figures.save_figure` (PNG, SVG, PDF or TIFF) in a worker thread.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from napari.qt.threading import create_worker
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ._common import notify_error, notify_info
+from ._settings import load_settings, save_settings
+
+SECTION = "export_widget"
+FORMATS = "PNG (*.png);;SVG (*.svg);;PDF (*.pdf);;TIFF (*.tif *.tiff)"
+
+
+def current_comparison(viewer):
+    """The comparison shown by the genomap explorer (from its image layers), or None."""
+    for ly in reversed(list(viewer.layers)):
+        comp = ly.metadata.get("comparison")
+        if comp is not None:
+            return comp
+    return None
+
+
+class ExportWidget(QWidget):
+    """Choose versions, size, DPI, title and gene labels; write the panel to a file."""
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.last_error = None
+        self.last_info = None
+        self.last_path = None
+        self.workers = []
+        root = QVBoxLayout(self)
+        form = QFormLayout()
+        self.columns_list = QListWidget()
+        self.columns_list.setSelectionMode(QAbstractItemView.SelectionMode.MultiSelection)
+        self.columns_list.setMinimumHeight(140)
+        self.refresh_btn = QPushButton("Refresh versions from the explorer")
+        self.width_spin = QDoubleSpinBox()
+        self.height_spin = QDoubleSpinBox()
+        for sp in (self.width_spin, self.height_spin):
+            sp.setRange(0.0, 60.0)
+            sp.setSingleStep(0.5)
+            sp.setDecimals(2)
+            sp.setSpecialValueText("auto")
+            sp.setSuffix(" in")
+        self.dpi_spin = QSpinBox()
+        self.dpi_spin.setRange(30, 1200)
+        self.dpi_spin.setValue(300)
+        self.title_edit = QLineEdit()
+        self.genes_check = QCheckBox("label the top varying genes")
+        self.genes_check.setChecked(True)
+        form.addRow("versions (columns)", self.columns_list)
+        form.addRow(self.refresh_btn)
+        form.addRow("width", self.width_spin)
+        form.addRow("height", self.height_spin)
+        form.addRow("DPI", self.dpi_spin)
+        form.addRow("title", self.title_edit)
+        form.addRow(self.genes_check)
+        root.addLayout(form)
+        self.export_btn = QPushButton("Export panel...")
+        root.addWidget(self.export_btn)
+        self.status_label = QLabel("Compute a comparison in the genomap explorer, then export it here.")
+        self.status_label.setWordWrap(True)
+        root.addWidget(self.status_label)
+        root.addStretch(1)
+
+        s = load_settings(SECTION)
+        for sp, key in ((self.width_spin, "width"), (self.height_spin, "height")):
+            if isinstance(s.get(key), (int, float)):
+                sp.setValue(float(s[key]))
+        if isinstance(s.get("dpi"), int):
+            self.dpi_spin.setValue(s["dpi"])
+        self.genes_check.setChecked(bool(s.get("gene_labels", True)))
+        self._last_dir = s.get("folder", str(Path.home()))
+
+        self.refresh_btn.clicked.connect(self.refresh)
+        self.export_btn.clicked.connect(self._export_dialog)
+        self.viewer.layers.events.inserted.connect(self.refresh)
+        self.refresh()
+
+    def refresh(self, *_):
+        comp = current_comparison(self.viewer)
+        names = list(comp.names) if comp is not None else []
+        current = [self.columns_list.item(i).text() for i in range(self.columns_list.count())]
+        if names == current:
+            return
+        chosen = set(self.selected_columns()) & set(names)
+        self.columns_list.clear()
+        self.columns_list.addItems(names)
+        for i in range(self.columns_list.count()):
+            it = self.columns_list.item(i)
+            # default: every expression image plus the "minus Original" differences
+            default = comp.kinds[it.text()] == "expression" or it.text().endswith(" - Original")
+            it.setSelected(it.text() in chosen if chosen else default)
+
+    def selected_columns(self):
+        return [self.columns_list.item(i).text() for i in range(self.columns_list.count())
+                if self.columns_list.item(i).isSelected()]
+
+    def _export_dialog(self):
+        path, _ = QFileDialog.getSaveFileName(self, "Export comparison panel",
+                                              str(Path(self._last_dir) / "genomap_panel.png"), FORMATS)
+        if path:
+            self.export(path)
+
+    def export(self, path):
+        """Draw the panel and write it to ``path`` in a worker; returns the worker (None on error)."""
+        comp = current_comparison(self.viewer)
+        if comp is None:
+            notify_error(ValueError("Nothing to export: compute a comparison in the genomap explorer first."),
+                         self)
+            return None
+        self.refresh()
+        columns = self.selected_columns() or None
+        w, h = self.width_spin.value(), self.height_spin.value()
+        size = (w, h) if w > 0 and h > 0 else None
+        dpi = self.dpi_spin.value()
+        title = self.title_edit.text().strip() or None
+        genes = self.genes_check.isChecked()
+        save_settings(SECTION, {"width": w, "height": h, "dpi": dpi, "gene_labels": genes,
+                                "folder": str(Path(path).parent)})
+        self._last_dir = str(Path(path).parent)
+
+        def _work():
+            from napari_scmedal.figures import comparison_figure, save_figure
+
+            fig = comparison_figure(comp, columns=columns, gene_labels=genes, title=title, size=size, dpi=dpi)
+            return save_figure(fig, path, dpi=dpi)
+
+        worker = create_worker(_work, _start_thread=False)
+        self.workers.append(worker)
+
+        def _done(p):
+            self.last_path = p
+            self.status_label.setText(f"Wrote {p}")
+            notify_info(f"Exported the comparison panel to {p}", self)
+
+        def _err(exc):
+            self.status_label.setText(f"Failed: {exc}")
+            notify_error(exc, self)
+
+        worker.returned.connect(_done)
+        worker.errored.connect(_err)
+        worker.finished.connect(lambda: self.workers.remove(worker) if worker in self.workers else None)
+        worker.start()
+        return worker
+
+    @property
+    def busy(self):
+        return bool(self.workers)

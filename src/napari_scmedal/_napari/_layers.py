@@ -1,0 +1,154 @@
+"""AnnData <-> napari layer-data helpers (pure Python: no napari or Qt imports here).
+
+A "cells layer" is a napari Points layer with one point per cell, placed at a 2-D embedding of
+the cells, whose ``features`` are the AnnData ``obs`` columns and whose ``metadata["adata"]``
+holds the AnnData itself so the widgets can reach the expression data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+#: on-screen size (in world units) of the longest side of a cells layer
+DISPLAY_SPAN = 400.0
+#: metadata key under which a cells layer keeps its AnnData
+ADATA_KEY = "adata"
+
+
+def _log_normalised(adata):
+    """Log1p-normalised expression of ``adata`` (copy; counts are normalised, log data kept)."""
+    import scanpy as sc
+
+    from napari_scmedal.data import detect_input_kind
+
+    tmp = adata.copy()
+    if detect_input_kind(tmp.X) == "counts":
+        sc.pp.normalize_total(tmp, target_sum=1e4)
+        sc.pp.log1p(tmp)
+    return tmp
+
+
+def pca_2d(X, seed=0):
+    """First two principal components of the rows of ``X`` (dense or sparse), as float32 (n, 2)."""
+    from scipy import sparse
+    from sklearn.decomposition import PCA, TruncatedSVD
+
+    n = X.shape[0]
+    if n < 2:
+        return np.zeros((n, 2), np.float32)
+    if sparse.issparse(X):
+        X = X.tocsr().astype(np.float32)
+        mean = np.asarray(X.mean(axis=0)).ravel()
+        # centre implicitly: SVD of the centred matrix via a dense copy is fine up to ~1e8 entries
+        if X.shape[0] * X.shape[1] <= 1e8:
+            Xd = X.toarray() - mean
+            Y = PCA(n_components=2, random_state=seed, svd_solver="randomized").fit_transform(Xd)
+        else:
+            Y = TruncatedSVD(n_components=2, random_state=seed).fit_transform(X)
+    else:
+        X = np.asarray(X, dtype=np.float32)
+        k = min(2, X.shape[1])
+        Y = PCA(n_components=k, random_state=seed, svd_solver="auto").fit_transform(X)
+        if k < 2:
+            Y = np.column_stack([Y, np.zeros(n)])
+    return np.asarray(Y, dtype=np.float32)
+
+
+def embedding_2d(adata):
+    """Return ``(coords (n, 2) float32, source)`` for drawing the cells of ``adata``.
+
+    ``source`` is "X_umap" or "X_pca" when the file provides one, else "PCA of log-normalised
+    genes" (computed on the 2,000 most variable genes; counts are normalised first).
+    """
+    for key in ("X_umap", "X_pca"):
+        if key in adata.obsm and np.asarray(adata.obsm[key]).shape[1] >= 2:
+            return np.asarray(adata.obsm[key])[:, :2].astype(np.float32), key
+    tmp = _log_normalised(adata)
+    X = tmp.X
+    if X.shape[1] > 2000:
+        from scipy import sparse
+
+        if sparse.issparse(X):
+            Xc = X.tocsc()
+            mean = np.asarray(Xc.mean(axis=0)).ravel()
+            var = np.asarray(Xc.multiply(Xc).mean(axis=0)).ravel() - mean**2
+        else:
+            var = np.asarray(X).var(axis=0)
+        keep = np.sort(np.argsort(var)[::-1][:2000])
+        X = X[:, keep]
+    return pca_2d(X), "PCA of log-normalised genes"
+
+
+def features_from_obs(obs: pd.DataFrame) -> pd.DataFrame:
+    """Layer features: the obs columns (index dropped; categoricals and numbers kept as they are)."""
+    feats = obs.copy()
+    feats.index = pd.RangeIndex(len(feats))
+    for col in feats.columns:
+        if feats[col].dtype == object:
+            feats[col] = feats[col].astype(str).astype("category")
+    return feats
+
+
+def default_color_key(obs: pd.DataFrame, preferred=("batch", "sample", "donor")):
+    """The obs column to colour points by: the first of ``preferred`` present, else the first categorical."""
+    for key in preferred:
+        if key in obs.columns:
+            return key
+    for col in obs.columns:
+        if isinstance(obs[col].dtype, pd.CategoricalDtype) or obs[col].dtype == object:
+            return col
+    return None
+
+
+def points_data(coords):
+    """napari (row, col) data from (x, y) coordinates: y points up on screen, like a scatter plot."""
+    coords = np.asarray(coords, dtype=np.float32)
+    return np.column_stack([-coords[:, 1], coords[:, 0]])
+
+
+def display_scale(data):
+    """Per-axis scale making the longest side of ``data`` span :data:`DISPLAY_SPAN` world units."""
+    if len(data) == 0:
+        return (1.0, 1.0)
+    span = float(np.max(np.ptp(data, axis=0)))
+    s = DISPLAY_SPAN / span if span > 0 else 1.0
+    return (s, s)
+
+
+def cells_layer_data(adata, name, coords=None, color_by=None, source=None, extra_metadata=None):
+    """A napari layer-data tuple ``(data, kwargs, "points")`` for a cells layer of ``adata``."""
+    if coords is None:
+        coords, source = embedding_2d(adata)
+    data = points_data(coords)
+    features = features_from_obs(adata.obs)
+    color_by = color_by if color_by in features.columns else default_color_key(adata.obs)
+    metadata = {ADATA_KEY: adata, "embedding": source}
+    if extra_metadata:
+        metadata.update(extra_metadata)
+    kwargs = {
+        "name": name,
+        "features": features,
+        "scale": display_scale(data),
+        "size": 6,
+        "border_width": 0,
+        "metadata": metadata,
+    }
+    if color_by is not None:
+        kwargs["face_color"] = color_by
+        kwargs["face_color_cycle"] = categorical_palette(features[color_by].nunique())
+    return (data, kwargs, "points")
+
+
+def categorical_palette(n):
+    """``n`` distinct RGBA colours (matplotlib tab10 / tab20, then a sampled turbo colormap)."""
+    from matplotlib import colormaps
+
+    n = max(int(n), 1)
+    if n <= 10:
+        cols = colormaps["tab10"].colors[:n]
+    elif n <= 20:
+        cols = colormaps["tab20"].colors[:n]
+    else:
+        cols = colormaps["turbo"](np.linspace(0.05, 0.95, n))[:, :3]
+    return [tuple(float(v) for v in c[:3]) + (1.0,) for c in cols]

@@ -1,0 +1,553 @@
+"""Dock widget: train, save and load an scMEDAL model; show its latents and metrics.
+
+The widget only gathers parameters and calls the core (:class:`napari_scmedal.ScMEDAL`,
+:mod:`napari_scmedal.metrics`) in worker threads; results become layers and a table.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+import numpy as np
+from napari.qt.threading import create_worker
+from napari.utils import progress as napari_progress
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ._common import MODEL_KEY, Bridge, cells_layers, notify_error, notify_info, obs_columns
+from ._layers import ADATA_KEY, cells_layer_data, pca_2d
+from ._settings import load_settings, save_settings
+
+SECTION = "model_widget"
+NONE_LABEL = "(none)"
+LATENT_NAMES = {"fe": "FE latent", "fec": "FEC latent", "re": "RE latent"}
+
+
+def grid_text(n_genes: int) -> str:
+    """Text describing the square genomap grid that ``n_genes`` genes fill."""
+    side = max(1, math.ceil(math.sqrt(n_genes)))
+    empty = side * side - n_genes
+    extra = f", {empty} empty pixels" if empty else ", every pixel a gene"
+    return f"genomap {side} x {side}{extra}"
+
+
+def _fmt_eta(seconds) -> str:
+    if seconds is None or not np.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class LossCanvas(QWidget):
+    """Live loss curves (one panel per network: FE/FEC and RE), matplotlib in the dock."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(4, 2.6), dpi=80, layout="constrained")
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(200)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.canvas)
+        self.reset()
+
+    def reset(self):
+        self.curves = {}  # model -> {"train/name": [(epoch, value)], "val/name": [...]}
+        self._last_draw = 0.0
+        self.redraw(force=True)
+
+    def add(self, info):
+        d = self.curves.setdefault(info.get("model", "?"), {})
+        ep = info.get("epoch", 0)
+        for split in ("train", "val"):
+            for name, value in (info.get(split) or {}).items():
+                if value is not None and np.isfinite(value):
+                    d.setdefault(f"{split}/{name}", []).append((ep, float(value)))
+        self.redraw()
+
+    def redraw(self, force=False):
+        now = time.monotonic()
+        if not force and now - self._last_draw < 0.25:
+            return
+        self._last_draw = now
+        self.figure.clear()
+        models = list(self.curves) or ["training"]
+        axes = self.figure.subplots(1, len(models), squeeze=False)[0]
+        for ax, m in zip(axes, models):
+            for key, pts in sorted(self.curves.get(m, {}).items()):
+                if not pts:
+                    continue
+                e, v = zip(*pts)
+                ax.plot(e, v, "-" if key.startswith("train") else "--", label=key, lw=1)
+            ax.set_title(m.upper(), fontsize=9)
+            ax.set_xlabel("epoch", fontsize=8)
+            ax.set_yscale("symlog", linthresh=1e-2)
+            ax.tick_params(labelsize=7)
+            if self.curves.get(m):
+                ax.legend(fontsize=6, loc="upper right")
+        self.canvas.draw_idle()
+
+
+class ModelWidget(QWidget):
+    """Train (quick or paper preset), cancel, save and load scMEDAL; FE/RE latent layers; metrics."""
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.model = None
+        self.model_layer = None  # the cells layer the model belongs to
+        self.metrics = None
+        self.last_error = None
+        self.last_info = None
+        self.workers = []
+        self._cancel = threading.Event()
+        self._pbar = None
+        self._pbar_model = None
+        self._bridge = Bridge()
+        self._bridge.message.connect(self._on_progress)
+
+        root = QVBoxLayout(self)
+        form = QFormLayout()
+        self.layer_combo = QComboBox()
+        self.batch_combo = QComboBox()
+        self.label_combo = QComboBox()
+        self.genes_spin = QSpinBox()
+        self.genes_spin.setRange(4, 100000)
+        self.genes_spin.setValue(2916)
+        self.grid_label = QLabel()
+        self.preset_combo = QComboBox()
+        self.preset_combo.addItems(["quick", "paper"])
+        self.epochs_spin = QSpinBox()
+        self.epochs_spin.setRange(0, 10000)
+        self.epochs_spin.setSpecialValueText("preset default")
+        self.patience_spin = QSpinBox()
+        self.patience_spin.setRange(0, 10000)
+        self.patience_spin.setSpecialValueText("preset default")
+        self.batch_spin = QSpinBox()
+        self.batch_spin.setRange(0, 1_000_000)
+        self.batch_spin.setSpecialValueText("preset default")
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(self._devices())
+        self.threads_spin = QSpinBox()
+        self.threads_spin.setRange(0, 256)
+        self.threads_spin.setSpecialValueText("auto")
+        form.addRow("cells layer", self.layer_combo)
+        form.addRow("batch key", self.batch_combo)
+        form.addRow("label key", self.label_combo)
+        form.addRow("genes", self.genes_spin)
+        form.addRow("", self.grid_label)
+        form.addRow("preset", self.preset_combo)
+        form.addRow("max epochs", self.epochs_spin)
+        form.addRow("patience", self.patience_spin)
+        form.addRow("batch size", self.batch_spin)
+        form.addRow("device", self.device_combo)
+        form.addRow("threads", self.threads_spin)
+        root.addLayout(form)
+
+        row = QHBoxLayout()
+        self.train_btn = QPushButton("Train")
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        row.addWidget(self.train_btn)
+        row.addWidget(self.cancel_btn)
+        root.addLayout(row)
+        row = QHBoxLayout()
+        self.save_btn = QPushButton("Save model...")
+        self.load_btn = QPushButton("Load model...")
+        self.save_btn.setEnabled(False)
+        row.addWidget(self.save_btn)
+        row.addWidget(self.load_btn)
+        root.addLayout(row)
+        self.status_label = QLabel("No model yet: train one or load a saved model.")
+        self.status_label.setWordWrap(True)
+        root.addWidget(self.status_label)
+        self.loss_canvas = LossCanvas()
+        root.addWidget(self.loss_canvas)
+
+        box = QGroupBox("Latent layers and metrics")
+        bl = QFormLayout(box)
+        self.color_combo = QComboBox()
+        self.color_combo.addItems(["batch", "label"])
+        self.metrics_check = QCheckBox("compute metrics (METHOD section 4)")
+        self.metrics_check.setChecked(True)
+        bl.addRow("colour latents by", self.color_combo)
+        bl.addRow(self.metrics_check)
+        self.metrics_table = QTableWidget(0, 0)
+        self.metrics_table.setMinimumHeight(140)
+        bl.addRow(self.metrics_table)
+        root.addWidget(box)
+        root.addStretch(1)
+
+        self._restore()
+        self.genes_spin.valueChanged.connect(self._update_grid)
+        self.layer_combo.currentTextChanged.connect(self._on_layer_changed)
+        self.train_btn.clicked.connect(self.start_training)
+        self.cancel_btn.clicked.connect(self.cancel)
+        self.save_btn.clicked.connect(self._save_dialog)
+        self.load_btn.clicked.connect(self._load_dialog)
+        self.color_combo.currentTextChanged.connect(self._recolor_latents)
+        self.viewer.layers.events.inserted.connect(self._refresh_layers)
+        self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self._refresh_layers()
+        self._update_grid()
+
+    # ------------------------------------------------------------------ settings and choices
+    @staticmethod
+    def _devices():
+        out = ["auto", "cpu"]
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                out.append("cuda")
+            if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+                out.append("mps")
+        except Exception:  # pragma: no cover - torch is a hard dependency
+            pass
+        return out
+
+    def settings(self) -> dict:
+        return {
+            "batch_key": self.batch_combo.currentText(),
+            "label_key": self.label_combo.currentText(),
+            "n_genes": self.genes_spin.value(),
+            "preset": self.preset_combo.currentText(),
+            "max_epochs": self.epochs_spin.value(),
+            "patience": self.patience_spin.value(),
+            "batch_size": self.batch_spin.value(),
+            "device": self.device_combo.currentText(),
+            "threads": self.threads_spin.value(),
+            "color_by": self.color_combo.currentText(),
+            "metrics": self.metrics_check.isChecked(),
+        }
+
+    def _restore(self):
+        s = load_settings(SECTION)
+        self._wanted_keys = (s.get("batch_key"), s.get("label_key"))
+        for spin, key in ((self.genes_spin, "n_genes"), (self.epochs_spin, "max_epochs"),
+                          (self.patience_spin, "patience"), (self.batch_spin, "batch_size"),
+                          (self.threads_spin, "threads")):
+            if isinstance(s.get(key), int):
+                spin.setValue(s[key])
+        for combo, key in ((self.preset_combo, "preset"), (self.device_combo, "device"),
+                           (self.color_combo, "color_by")):
+            if s.get(key) and combo.findText(s[key]) >= 0:
+                combo.setCurrentText(s[key])
+        if "metrics" in s:
+            self.metrics_check.setChecked(bool(s["metrics"]))
+
+    def _update_grid(self):
+        self.grid_label.setText(grid_text(self.genes_spin.value()))
+
+    def _refresh_layers(self, event=None):
+        current = self.layer_combo.currentText()
+        names = [ly.name for ly in cells_layers(self.viewer) if "latent" not in ly.metadata]
+        self.layer_combo.blockSignals(True)
+        self.layer_combo.clear()
+        self.layer_combo.addItems(names)
+        if current in names:
+            self.layer_combo.setCurrentText(current)
+        self.layer_combo.blockSignals(False)
+        self._on_layer_changed()
+
+    def cells_layer(self):
+        name = self.layer_combo.currentText()
+        if name and name in self.viewer.layers:
+            return self.viewer.layers[name]
+        return None
+
+    def _on_layer_changed(self, *_):
+        layer = self.cells_layer()
+        batch_prev = self.batch_combo.currentText() or self._wanted_keys[0]
+        label_prev = self.label_combo.currentText() or self._wanted_keys[1]
+        self.batch_combo.clear()
+        self.label_combo.clear()
+        if layer is None:
+            return
+        adata = layer.metadata[ADATA_KEY]
+        cols = obs_columns(adata, categorical_only=True)
+        self.batch_combo.addItems(cols)
+        self.label_combo.addItems([NONE_LABEL] + cols)
+        for combo, prev, guesses in (
+            (self.batch_combo, batch_prev, ("batch", "sample", "donor")),
+            (self.label_combo, label_prev, ("cell_type", "celltype", "cell_line", "label")),
+        ):
+            if prev and combo.findText(prev) >= 0:
+                combo.setCurrentText(prev)
+                continue
+            for g in guesses:
+                if combo.findText(g) >= 0:
+                    combo.setCurrentText(g)
+                    break
+        self.genes_spin.setMaximum(max(4, adata.n_vars))
+        if self.genes_spin.value() > adata.n_vars:
+            self.genes_spin.setValue(adata.n_vars)
+
+    # ------------------------------------------------------------------ training
+    def start_training(self):
+        layer = self.cells_layer()
+        if layer is None:
+            notify_error(ValueError("No cells layer: open an .h5ad file or the CellBench sample first "
+                                    "(File > Open Sample > scMEDAL > CellBench sample)."), self)
+            return
+        if self.busy:
+            notify_info("The model widget is busy: wait for it or press Cancel.", self)
+            return
+        s = self.settings()
+        save_settings(SECTION, s)
+        adata = layer.metadata[ADATA_KEY]
+        label_key = None if s["label_key"] in ("", NONE_LABEL) else s["label_key"]
+        ctor = dict(
+            batch_key=s["batch_key"],
+            label_key=label_key,
+            n_genes=s["n_genes"],
+            preset=s["preset"],
+            device=None if s["device"] == "auto" else s["device"],
+            threads=s["threads"] or None,
+        )
+        fit = dict(
+            max_epochs=s["max_epochs"] or None,
+            patience=s["patience"] or None,
+            batch_size=s["batch_size"] or None,
+        )
+        self._cancel = threading.Event()
+        self.loss_canvas.reset()
+        self.status_label.setText("Preparing data...")
+        bridge, cancel = self._bridge, self._cancel
+
+        def _train():
+            from napari_scmedal import ScMEDAL
+
+            model = ScMEDAL(adata, **ctor)
+            model.train(progress=bridge.message.emit, cancel=cancel, **fit)
+            return model
+
+        self._run(_train, lambda model: self._on_model_ready(model, layer, "trained"), training=True)
+
+    def cancel(self):
+        """Stop training after the current epoch; the best weights so far are kept."""
+        self._cancel.set()
+        self.status_label.setText("Cancelling: finishing the current epoch, keeping the best weights...")
+
+    def _on_progress(self, info):
+        if not isinstance(info, dict):
+            return
+        m = info.get("model", "?")
+        total = int(info.get("max_epochs") or 0) or None
+        if self._pbar is None or self._pbar_model != m:
+            self._close_pbar()
+            self._pbar = napari_progress(total=total, desc=f"scMEDAL {m.upper()}")
+            self._pbar_model = m
+        eta = _fmt_eta(info.get("eta_s"))
+        val = info.get("val") or {}
+        vtxt = ", ".join(f"{k} {v:.4g}" for k, v in val.items() if v is not None)
+        self._pbar.set_description(f"scMEDAL {m.upper()} (ETA {eta})")
+        ep = int(info.get("epoch", 0))
+        self._pbar.update(max(0, ep - self._pbar.n))
+        self.status_label.setText(
+            f"{m.upper()} epoch {ep}/{info.get('max_epochs', '?')}, ETA {eta}" + (f"; val {vtxt}" if vtxt else "")
+        )
+        self.loss_canvas.add(info)
+
+    def _close_pbar(self):
+        if self._pbar is not None:
+            self._pbar.close()
+        self._pbar = None
+        self._pbar_model = None
+
+    @property
+    def busy(self) -> bool:
+        """True while a training, loading, latent or metrics worker runs."""
+        return bool(self.workers)
+
+    def _run(self, func, on_done, training=False):
+        worker = create_worker(func, _start_thread=False)
+        self.workers.append(worker)
+
+        def _finish():
+            if worker in self.workers:
+                self.workers.remove(worker)
+            if training:
+                self._close_pbar()
+                self.loss_canvas.redraw(force=True)
+                self.cancel_btn.setEnabled(False)
+            if not self.workers:
+                self.train_btn.setEnabled(True)
+                self.load_btn.setEnabled(True)
+
+        def _err(exc):
+            self.status_label.setText(f"Failed: {exc}")
+            notify_error(exc, self)
+
+        worker.returned.connect(on_done)
+        worker.errored.connect(_err)
+        worker.finished.connect(_finish)
+        self.train_btn.setEnabled(False)
+        self.load_btn.setEnabled(False)
+        if training:
+            self.cancel_btn.setEnabled(True)
+        worker.start()
+        return worker
+
+    # ------------------------------------------------------------------ save / load
+    def _save_dialog(self):
+        path, _ = QFileDialog.getSaveFileName(self, "Save scMEDAL model", "scmedal_model.safetensors",
+                                              "scMEDAL model (*.safetensors)")
+        if path:
+            self.save_model(path)
+
+    def save_model(self, path):
+        if self.model is None:
+            notify_error(ValueError("No model to save: train or load one first."), self)
+            return
+        try:
+            self.model.save(path)
+        except Exception as exc:  # core errors carry the fix in their message
+            notify_error(exc, self)
+            return
+        notify_info(f"Saved the model to {path}", self)
+
+    def _load_dialog(self):
+        path, _ = QFileDialog.getOpenFileName(self, "Load scMEDAL model", "", "scMEDAL model (*.safetensors)")
+        if path:
+            self.load_model(path)
+
+    def load_model(self, path):
+        """Load a model in a worker and check it fits the chosen cells layer (genes, batches)."""
+        layer = self.cells_layer()
+        if layer is None:
+            notify_error(ValueError("No cells layer: open the data the model was trained on first, "
+                                    "then load the model."), self)
+            return None
+        adata = layer.metadata[ADATA_KEY]
+        self.status_label.setText(f"Loading {path} ...")
+
+        def _load():
+            from napari_scmedal import ScMEDAL
+
+            model = ScMEDAL.load(path)
+            # raises RecipeMismatchError naming the missing genes / unknown batches and the fix
+            model.recipe.transform(adata)
+            return model
+
+        return self._run(_load, lambda model: self._on_model_ready(model, layer, f"loaded from {path}"))
+
+    # ------------------------------------------------------------------ results
+    def _on_model_ready(self, model, layer, how):
+        self.model = model
+        self.model_layer = layer
+        layer.metadata[MODEL_KEY] = model
+        self.save_btn.setEnabled(True)
+        stopped = " (cancelled: best weights kept)" if self._cancel.is_set() else ""
+        self.status_label.setText(f"Model {how}{stopped}. Adding latent layers...")
+        adata = layer.metadata[ADATA_KEY]
+        kinds = ["fe", "re"]
+        if getattr(model, "label_key", None) or getattr(model.recipe, "label_key", None):
+            kinds = ["fe", "fec", "re"]
+        want_metrics = self.metrics_check.isChecked()
+
+        def _latents():
+            out = {}
+            for kind in kinds:
+                try:
+                    Z = model.get_latent_representation(kind, adata=adata)
+                except (KeyError, ValueError) as exc:
+                    if kind == "fec":  # no FEC network in this model
+                        continue
+                    raise exc
+                out[kind] = (np.asarray(Z), pca_2d(Z))
+            return out
+
+        def _done(latents):
+            self._add_latent_layers(layer, model, latents)
+            self.status_label.setText(f"Model {how}{stopped}. Latent layers added.")
+            if want_metrics:
+                self.compute_metrics()
+
+        self._run(_latents, _done)
+
+    def _color_key(self, model):
+        recipe = model.recipe
+        if self.color_combo.currentText() == "label" and recipe.label_key:
+            return recipe.label_key
+        return recipe.batch_key
+
+    def _add_latent_layers(self, layer, model, latents):
+        adata = layer.metadata[ADATA_KEY]
+        color = self._color_key(model)
+        self.latent_layers = []
+        for kind, (Z, Y) in latents.items():
+            name = f"{layer.name} | {LATENT_NAMES[kind]}"
+            data, kwargs, _ = cells_layer_data(
+                adata, name=name, coords=Y, color_by=color, source=f"PCA of the {kind.upper()} latent",
+                extra_metadata={"latent": kind, "latent_values": Z, MODEL_KEY: model},
+            )
+            if name in self.viewer.layers:
+                self.viewer.layers.remove(name)
+            new = self.viewer.add_points(data, **kwargs)
+            self.latent_layers.append(new)
+        # place latents side by side to the right of the cells layer
+        x = layer.extent.world[1][1]
+        for ly in self.latent_layers:
+            (y0, x0), (y1, x1) = ly.extent.world
+            ly.translate = (layer.extent.world[0][0] - y0, x + 0.1 * (x1 - x0) - x0)
+            x = ly.extent.world[1][1]
+
+    def _recolor_latents(self, *_):
+        if self.model is None:
+            return
+        key = self._color_key(self.model)
+        for ly in getattr(self, "latent_layers", []):
+            if ly in self.viewer.layers and key in ly.features.columns:
+                ly.face_color = key
+
+    def compute_metrics(self):
+        """Compute the METHOD section-4 table for the current model in a worker; show it in the table."""
+        if self.model is None or self.model_layer is None:
+            return None
+        model, adata = self.model, self.model_layer.metadata[ADATA_KEY]
+        self.status_label.setText(self.status_label.text() + " Computing metrics...")
+
+        def _metrics():
+            from napari_scmedal import metrics
+
+            return metrics.model_metrics(model, adata)
+
+        def _show(table):
+            self.metrics = table
+            self._fill_table(table)
+            self.status_label.setText(self.status_label.text().replace(" Computing metrics...", " Metrics ready."))
+
+        return self._run(_metrics, _show)
+
+    def _fill_table(self, table):
+        import pandas as pd
+
+        df = table if isinstance(table, pd.DataFrame) else pd.DataFrame(table)
+        df = df.reset_index() if not isinstance(df.index, pd.RangeIndex) else df
+        self.metrics_table.setRowCount(len(df))
+        self.metrics_table.setColumnCount(len(df.columns))
+        self.metrics_table.setHorizontalHeaderLabels([str(c) for c in df.columns])
+        for i, (_, row) in enumerate(df.iterrows()):
+            for j, v in enumerate(row):
+                text = f"{v:.3f}" if isinstance(v, (float, np.floating)) else str(v)
+                self.metrics_table.setItem(i, j, QTableWidgetItem(text))
+        self.metrics_table.resizeColumnsToContents()

@@ -1,0 +1,111 @@
+"""npe2 writer: genomap image layers -> one image stack (.tif/.tiff/.npy) + a JSON gene-layout sidecar.
+
+The stack has shape ``(n_layers, height, width)`` (float32; empty pixels NaN) in the order the
+layers were selected. The sidecar ``<file>.genomap.json`` records each layer's name and kind, the
+tile geometry and, when the layers came from the genomap explorer, the gene layout
+(``GenomapLayout.to_dict()``), so the gene at any pixel can be looked up again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from napari_scmedal.errors import ScMEDALError
+
+SIDECAR_SUFFIX = ".genomap.json"
+
+
+def sidecar_path(path) -> Path:
+    """Path of the JSON sidecar written next to the image stack ``path``."""
+    return Path(str(path) + SIDECAR_SUFFIX)
+
+
+def _json_safe(obj):
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _json_safe(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def _atomic_write(path: Path, write):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_genomaps(path: str, layer_data: list) -> list[str]:
+    """Write image layers (``(data, meta, "image")`` tuples) as a stack plus sidecar; return the paths."""
+    path = Path(path)
+    if not layer_data:
+        raise ScMEDALError("No image layer to save: select one or more genomap image layers, then save again.")
+    arrays = [np.asarray(d, dtype=np.float32) for d, _, _ in layer_data]
+    shapes = {a.shape for a in arrays}
+    if len(shapes) != 1:
+        raise ScMEDALError(
+            f"The selected image layers have different shapes {sorted(shapes)}: select layers of one "
+            "comparison (all genomap tiles of one Compute have the same shape) and save again."
+        )
+    stack = np.stack(arrays)
+    suffix = path.suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        import tifffile
+
+        _atomic_write(path, lambda tmp: tifffile.imwrite(tmp, stack, photometric="minisblack"))
+    elif suffix == ".npy":
+        def _save(tmp):
+            with open(tmp, "wb") as fh:
+                np.save(fh, stack)
+
+        _atomic_write(path, _save)
+    else:
+        raise ScMEDALError(f"Cannot write genomaps to '{path.name}': use a .tif, .tiff or .npy file name.")
+
+    layers = []
+    layout = tile = gap = None
+    for (_, meta, _), arr in zip(layer_data, arrays):
+        md = meta.get("metadata", {}) or {}
+        layers.append({
+            "name": meta.get("name"),
+            "kind": md.get("kind"),
+            "contrast_limits": meta.get("contrast_limits"),
+            "colormap": md.get("colormap_name"),
+            "translate": meta.get("translate"),
+            "row_labels": md.get("row_labels"),
+        })
+        if layout is None and md.get("layout") is not None:
+            layout = md["layout"]
+            if hasattr(layout, "to_dict"):
+                layout = layout.to_dict()
+        tile = tile if tile is not None else md.get("tile_shape")
+        gap = gap if gap is not None else md.get("gap")
+    side = {
+        "format": "napari-scmedal genomap stack",
+        "image_file": path.name,
+        "stack_shape": list(stack.shape),
+        "layers": layers,
+        "tile_shape": tile,
+        "gap": gap,
+        "layout": layout,
+    }
+    sp = sidecar_path(path)
+    text = json.dumps(_json_safe(side), indent=1)
+    _atomic_write(sp, lambda tmp: Path(tmp).write_text(text))
+    return [str(path), str(sp)]
