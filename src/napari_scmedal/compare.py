@@ -42,6 +42,7 @@ __all__ = [
     "cf_minus_own_name",
     "Comparison",
     "compare_cells",
+    "stack_comparisons",
     "select_cells",
     "parse_group",
     "resolve_cells",
@@ -600,6 +601,29 @@ def compare_cells(
         images[k] = layout.project(x).astype(np.float32, copy=False)
         kinds[k] = "difference"
 
+    expr_lim, diff_lim, top, overall = _summaries(images, kinds, batches, layout, n_top)
+    return Comparison(
+        images=images,
+        kinds=kinds,
+        expression_limits=expr_lim,
+        difference_limits=diff_lim,
+        batches=batches,
+        row_batches=rb,
+        row_labels=rl,
+        row_titles=titles,
+        row_cells=row_cells,
+        top_genes=top,
+        top_genes_overall=overall,
+        layout=layout,
+        scale=scale,
+        averaged=bool(average),
+        units="z-score per gene (reference stack)" if scale == "zscore" else "log1p-normalised expression",
+        meta={"cells": idx.tolist()},
+    )
+
+
+def _summaries(images, kinds, batches, layout, n_top):
+    """Shared limits and top varying genes of a set of images."""
     expr_lim = _robust_limits(images[k] for k in images if kinds[k] == "expression")
     diff_lim = _symmetric_limit(images[k] for k in images if kinds[k] == "difference")
 
@@ -627,21 +651,36 @@ def compare_cells(
         if rows_tables
         else pd.DataFrame(columns=["row", "rank", "gene", "row_px", "col_px", "spread"])
     )
+    return expr_lim, diff_lim, top, overall
+
+
+def stack_comparisons(comparisons: Sequence[Comparison], n_top: int = 10) -> Comparison:
+    """Stack comparisons (e.g. one averaged group each) into one with a row per input row.
+
+    All must have the same image names, layout and scale; the limits and top genes are
+    recomputed over the stacked rows, so every row shares one colour scale.
+    """
+    comps = list(comparisons)
+    if not comps:
+        raise DataError("Nothing to stack: give at least one comparison.")
+    first = comps[0]
+    for c in comps[1:]:
+        if c.names != first.names or c.scale != first.scale or c.shape != first.shape:
+            raise DataError(
+                "These comparisons cannot be stacked: they differ in versions, scale or image size. "
+                "Compute them with the same target batches, scale and layout."
+            )
+    images = {n: np.concatenate([c.images[n] for c in comps], axis=0) for n in first.names}
+    kinds = dict(first.kinds)
+    expr_lim, diff_lim, top, overall = _summaries(images, kinds, first.batches, first.layout, n_top)
     return Comparison(
-        images=images,
-        kinds=kinds,
-        expression_limits=expr_lim,
-        difference_limits=diff_lim,
-        batches=batches,
-        row_batches=rb,
-        row_labels=rl,
-        row_titles=titles,
-        row_cells=row_cells,
-        top_genes=top,
-        top_genes_overall=overall,
-        layout=layout,
-        scale=scale,
-        averaged=bool(average),
-        units="z-score per gene (reference stack)" if scale == "zscore" else "log1p-normalised expression",
-        meta={"cells": idx.tolist()},
+        images=images, kinds=kinds, expression_limits=expr_lim, difference_limits=diff_lim,
+        batches=list(first.batches),
+        row_batches=[b for c in comps for b in c.row_batches],
+        row_labels=[b for c in comps for b in c.row_labels],
+        row_titles=[b for c in comps for b in c.row_titles],
+        row_cells=[b for c in comps for b in c.row_cells],
+        top_genes=top, top_genes_overall=overall, layout=first.layout, scale=first.scale,
+        averaged=all(c.averaged for c in comps), units=first.units,
+        meta={"stacked": len(comps)},
     )
