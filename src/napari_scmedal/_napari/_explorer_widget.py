@@ -92,6 +92,14 @@ def stack_rows(images, gap=ROW_GAP):
     return out
 
 
+def row_title(comp, r):
+    """Compact row title: label and batch of a cell, or the group title of an average."""
+    if comp.averaged:
+        return comp.row_titles[r].replace(" (mean of", "\n(mean of")
+    parts = [p for p in (comp.row_labels[r], comp.row_batches[r]) if p]
+    return " | ".join(parts) if parts else comp.row_titles[r]
+
+
 def short_title(name, comp):
     """Compact tile title (napari text does not scale with zoom)."""
     from napari_scmedal.compare import FE_MINUS_ORIGINAL, FE_RECON, ORIGINAL, RE_RECON
@@ -99,8 +107,8 @@ def short_title(name, comp):
     t = {ORIGINAL: "Original", FE_RECON: "FE recon.", RE_RECON: "RE recon.", FE_MINUS_ORIGINAL: "FE - Orig."}
     if name in t:
         return t[name]
-    return name.replace("Counterfactual -> ", "CF->").replace(" - Original", " - Orig.").replace(
-        " - CF->own batch", " - own")
+    return name.replace("Counterfactual -> ", "\u2192 ").replace(" - Original", " - Orig.").replace(
+        " - \u2192 own batch", " - own")
 
 
 class GenomapExplorer(QWidget):
@@ -416,6 +424,7 @@ class GenomapExplorer(QWidget):
         y0, x0 = self._block_origin()
         pos = tile_positions(comp)
         layout = comp.layout
+        first = not any(ly in self.viewer.layers for ly in self.layers.values())
         wanted = set()
         for name in comp.names:
             band, col = pos[name]
@@ -448,10 +457,18 @@ class GenomapExplorer(QWidget):
         self.layers = {k: v for k, v in self.layers.items() if v in self.viewer.layers}
         self._add_annotations(comp, pos, band_h, y0, x0)
         self._fill_top_list(comp)
+        if first:
+            self.focus()
         self.status_label.setText(
             f"{n} row(s) x {len(comp.names)} images of {R} x {C} pixels ({comp.units}); "
             f"expression range {comp.expression_limits[0]:.2f} to {comp.expression_limits[1]:.2f}, "
             f"differences +/-{comp.difference_limits[1]:.2f}.")
+
+    def focus(self):
+        """Fit the camera to the genomap tiles (and their titles)."""
+        layers = [ly for ly in self.viewer.layers if ly.metadata.get(GENOMAP_KEY)]
+        if layers:
+            self.viewer.fit_to_view(layers=layers, margin=0.02)
 
     def _replace_layer(self, name, adder, data, **kwargs):
         if name in self.viewer.layers:
@@ -461,22 +478,34 @@ class GenomapExplorer(QWidget):
 
     def _add_annotations(self, comp, pos, band_h, y0, x0):
         R, C = comp.shape
-        # titles above every tile; row titles left of the first tile
+        # titles above the tiles of band 1 (and FE - Original); band labels and row titles on the left
         pts, texts = [], []
         for name in comp.names:
             band, col = pos[name]
-            pts.append((y0 + band * (band_h + BAND_GAP) - 3, x0 + col * (C + TILE_GAP) + C / 2))
-            texts.append(short_title(name, comp))
+            if band == 0 or col < 3:
+                pts.append((y0 + band * (band_h + BAND_GAP) - 3, x0 + col * (C + TILE_GAP) + C / 2))
+                texts.append(short_title(name, comp))
         self._replace_layer(
             TITLES_LAYER, self.viewer.add_points, np.array(pts, dtype=float),
             size=0.01, face_color="transparent", border_width=0, features={"title": texts},
-            text={"string": "{title}", "size": 8, "color": "white", "anchor": "center"},
+            text={"string": "{title}", "size": 7, "color": "white", "anchor": "center"},
         )
-        pts = [(y0 + r * (R + ROW_GAP) + R / 2, x0 - 2) for r in range(comp.n_rows)]
+        pts, texts = [], []
+        for r in range(comp.n_rows):
+            pts.append((y0 + r * (R + ROW_GAP) + R / 2, x0 - 3))
+            texts.append(row_title(comp, r))
+        n_bands = 1 + max(b for b, _ in pos.values())
+        band_labels = {1: "CF - Original", 2: "CF - CF own batch"}
+        for band in range(1, n_bands):
+            if band in band_labels and len(comp.batches):
+                pts.append((y0 + band * (band_h + BAND_GAP) + band_h / 2, x0 + 3 * (C + TILE_GAP) - 3))
+                texts.append(band_labels[band])
+        pts.append((y0, x0 - 2.5 * C))  # keeps the row titles inside "fit to view"
+        texts.append("")
         self._replace_layer(
             ROWS_LAYER, self.viewer.add_points, np.array(pts, dtype=float),
-            size=0.01, face_color="transparent", border_width=0, features={"title": list(comp.row_titles)},
-            text={"string": "{title}", "size": 8, "color": "white", "anchor": "lower_right"},
+            size=0.01, face_color="transparent", border_width=0, features={"title": texts},
+            text={"string": "{title}", "size": 7, "color": "white", "anchor": "lower_right"},
         )
         # frame around each row's own-batch counterfactual
         rects = []

@@ -12,6 +12,8 @@ import pandas as pd
 
 #: on-screen size (in world units) of the longest side of a cells layer
 DISPLAY_SPAN = 400.0
+#: on-screen point size of a cells layer, in world units
+POINT_SIZE = 4.0
 #: metadata key under which a cells layer keeps its AnnData
 ADATA_KEY = "adata"
 
@@ -126,11 +128,12 @@ def cells_layer_data(adata, name, coords=None, color_by=None, source=None, extra
     metadata = {ADATA_KEY: adata, "embedding": source}
     if extra_metadata:
         metadata.update(extra_metadata)
+    scale = display_scale(data)
     kwargs = {
         "name": name,
         "features": features,
-        "scale": display_scale(data),
-        "size": 6,
+        "scale": scale,
+        "size": POINT_SIZE / scale[0],  # sizes are in data units: about POINT_SIZE world units on screen
         "border_width": 0,
         "metadata": metadata,
     }
