@@ -94,6 +94,14 @@ def test_duplicate_gene_names(small):
         validate_adata(small, "batch")
 
 
+def test_duplicate_cell_names(small):
+    names = small.obs_names.to_numpy().copy()
+    names[7] = names[6]
+    small.obs_names = names
+    with pytest.raises(DataError, match=r"1 cell names occur more than once.*'cell6'.*obs_names_make_unique"):
+        validate_adata(small, "batch")
+
+
 def test_missing_layer(small):
     small.layers["raw"] = small.X.copy()
     with pytest.raises(DataError, match=r"Layer 'counts' not found.*Available layers: \['raw'\]"):

@@ -213,6 +213,8 @@ class Recipe:
         if self.input_kind == "counts" and self.normalization_genes is not None:
             ni = names.get_indexer(self.normalization_genes)
             norm_idx = np.sort(ni[ni >= 0])
+            if norm_idx.size == adata.n_vars:  # every gene counts: no column slicing needed
+                norm_idx = None
         X_log = np.empty((adata.n_obs, self.n_genes), dtype=np.float32)
         where = f"adata.layers[{layer!r}]" if layer else "adata.X"
         n_nonint = 0

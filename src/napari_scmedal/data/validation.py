@@ -55,7 +55,8 @@ def iter_values(X, chunk_rows: int = _CHUNK_ROWS) -> Iterator[np.ndarray]:
     backed datasets) yield row blocks, so memory stays bounded by one block.
     """
     if sp.issparse(X):
-        X = X.tocsr() if not sp.isspmatrix_csr(X) and not isinstance(X, sp.csr_array) else X
+        if X.format != "csr":
+            X = X.tocsr()
         indptr = X.indptr
         for start in range(0, X.shape[0], chunk_rows):
             stop = min(start + chunk_rows, X.shape[0])
@@ -162,7 +163,7 @@ def validate_adata(
 
     Raises :class:`~napari_scmedal.errors.DataError` (message names the problem and the fix) for:
     empty data, a missing batch or label key, missing batch/label values, fewer than 2 batches, a
-    batch with fewer than ``min_cells_per_batch`` cells, duplicate gene names, a missing layer,
+    batch with fewer than ``min_cells_per_batch`` cells, duplicate gene or cell names, a missing layer,
     NaN or inf values, negative values, non-integer values with ``input_kind="counts"``, non-integer
     values too large to be log-normalised (auto mode), and fewer genes than ``n_genes``.
     """
@@ -173,6 +174,13 @@ def validate_adata(
         raise DataError(
             f"The AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes). "
             "Check the file and any subsetting done before; training needs cells and genes."
+        )
+    cells = pd.Index(adata.obs_names)
+    if not cells.is_unique:
+        dup = cells[cells.duplicated()].unique()
+        raise DataError(
+            f"{len(dup)} cell names occur more than once in adata.obs_names: {_first(dup)}. "
+            "Make them unique first with adata.obs_names_make_unique()."
         )
     batch = _check_key(adata, batch_key, "batch")
     if label_key is not None:
