@@ -276,3 +276,25 @@ def test_resolve_and_select_cells(small):
     assert parse_group("cell_line=A549, batch = x|y") == {"cell_line": ["A549"], "batch": ["x", "y"]}
     with pytest.raises(DataError, match="KEY=VALUE"):
         parse_group("A549")
+
+
+def test_stack_comparisons_rows_share_limits(small):
+    from napari_scmedal.compare import stack_comparisons
+
+    a, m = small
+    g0 = compare_cells(m, [0, 4], average=True, group_name="first")
+    g1 = compare_cells(m, [1, 5], average=True, group_name="second")
+    st = stack_comparisons([g0, g1])
+    assert st.n_rows == 2 and st.names == g0.names
+    assert st.row_titles == ["first (mean of 2 cells)", "second (mean of 2 cells)"]
+    assert st.row_batches == ["b0", "b1"]
+    for n in st.names:
+        np.testing.assert_array_equal(st.images[n][1], g1.images[n][0])
+    expr = np.concatenate([st.images[n].ravel() for n in st.names_of_kind("expression")])
+    expr = expr[np.isfinite(expr)]
+    assert st.expression_limits == pytest.approx(tuple(np.percentile(expr, [0.5, 99.5])))
+    assert st.expression_limits != g0.expression_limits  # recomputed over both rows
+    assert set(st.top_genes["row"]) == {0, 1}
+    other = compare_cells(m, [2], target_batches=["b0"])
+    with pytest.raises(DataError, match="cannot be stacked"):
+        stack_comparisons([g0, other])
