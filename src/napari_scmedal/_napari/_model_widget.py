@@ -188,7 +188,9 @@ class ModelWidget(QWidget):
         self.color_combo.addItems(["batch", "label"])
         self.metrics_check = QCheckBox("compute metrics (METHOD section 4)")
         self.metrics_check.setChecked(True)
+        self.target_combo = QComboBox()
         bl.addRow("colour latents by", self.color_combo)
+        bl.addRow("RF target (batch-level)", self.target_combo)
         bl.addRow(self.metrics_check)
         self.metrics_table = QTableWidget(0, 0)
         self.metrics_table.setMinimumHeight(140)
@@ -280,12 +282,14 @@ class ModelWidget(QWidget):
         label_prev = self.label_combo.currentText() or self._wanted_keys[1]
         self.batch_combo.clear()
         self.label_combo.clear()
+        self.target_combo.clear()
         if layer is None:
             return
         adata = layer.metadata[ADATA_KEY]
         cols = obs_columns(adata, categorical_only=True)
         self.batch_combo.addItems(cols)
         self.label_combo.addItems([NONE_LABEL] + cols)
+        self.target_combo.addItems([NONE_LABEL] + cols)
         for combo, prev, guesses in (
             (self.batch_combo, batch_prev, ("batch", "sample", "donor")),
             (self.label_combo, label_prev, ("cell_type", "celltype", "cell_line", "label")),
@@ -459,9 +463,7 @@ class ModelWidget(QWidget):
         stopped = " (cancelled: best weights kept)" if self._cancel.is_set() else ""
         self.status_label.setText(f"Model {how}{stopped}. Adding latent layers...")
         adata = layer.metadata[ADATA_KEY]
-        kinds = ["fe", "re"]
-        if getattr(model, "label_key", None) or getattr(model.recipe, "label_key", None):
-            kinds = ["fe", "fec", "re"]
+        kinds = list(getattr(model, "trained_kinds", None) or ["fe", "re"])
         want_metrics = self.metrics_check.isChecked()
 
         def _latents():
@@ -520,34 +522,54 @@ class ModelWidget(QWidget):
                 ly.face_color = key
 
     def compute_metrics(self):
-        """Compute the METHOD section-4 table for the current model in a worker; show it in the table."""
+        """Compute the METHOD section-4 table (test split) for the current model in a worker."""
         if self.model is None or self.model_layer is None:
             return None
         model, adata = self.model, self.model_layer.metadata[ADATA_KEY]
+        target = self.target_combo.currentText()
+        target = None if target in ("", NONE_LABEL) else target
         self.status_label.setText(self.status_label.text() + " Computing metrics...")
 
         def _metrics():
-            from napari_scmedal import metrics
+            from napari_scmedal.metrics import evaluate_model
 
-            return metrics.model_metrics(model, adata)
+            return evaluate_model(model, "test", adata=adata, target=target)
 
-        def _show(table):
-            self.metrics = table
-            self._fill_table(table)
+        def _show(result):
+            self.metrics = result
+            self._fill_table(metrics_rows(result))
             self.status_label.setText(self.status_label.text().replace(" Computing metrics...", " Metrics ready."))
 
         return self._run(_metrics, _show)
 
-    def _fill_table(self, table):
-        import pandas as pd
-
-        df = table if isinstance(table, pd.DataFrame) else pd.DataFrame(table)
-        df = df.reset_index() if not isinstance(df.index, pd.RangeIndex) else df
-        self.metrics_table.setRowCount(len(df))
-        self.metrics_table.setColumnCount(len(df.columns))
-        self.metrics_table.setHorizontalHeaderLabels([str(c) for c in df.columns])
-        for i, (_, row) in enumerate(df.iterrows()):
-            for j, v in enumerate(row):
+    def _fill_table(self, rows):
+        header = ["latent", "by", "1/DB", "CH", "ASW"]
+        if any("accuracy" in r for r in rows):
+            header.append("accuracy")
+        self.metrics_table.setRowCount(len(rows))
+        self.metrics_table.setColumnCount(len(header))
+        self.metrics_table.setHorizontalHeaderLabels(header)
+        for i, row in enumerate(rows):
+            for j, key in enumerate(header):
+                v = row.get(key, "")
                 text = f"{v:.3f}" if isinstance(v, (float, np.floating)) else str(v)
                 self.metrics_table.setItem(i, j, QTableWidgetItem(text))
         self.metrics_table.resizeColumnsToContents()
+
+
+def metrics_rows(result) -> list[dict]:
+    """Flatten :func:`napari_scmedal.metrics.evaluate_model` output into table rows."""
+    rows = []
+    for kind, scores in (result.get("latents") or {}).items():
+        for by in ("batch", "label"):
+            sc = (scores or {}).get(by)
+            if sc:
+                rows.append({"latent": kind.upper(), "by": by, "1/DB": sc["inv_db"], "CH": sc["ch"],
+                             "ASW": sc["asw"]})
+    cls = result.get("classification")
+    if cls:
+        for key in ("fe", "re", "fe+re"):
+            if key in cls:
+                rows.append({"latent": key.upper(), "by": f"RF accuracy, {cls.get('target')}",
+                             "accuracy": float(cls[key])})
+    return rows

@@ -1,0 +1,145 @@
+"""Regenerate the user-guide screenshots (docs/images/) by driving the real plugin in napari.
+
+Run under Xvfb (napari needs a display; screenshots need a shown window on xcb):
+
+    xvfb-run -a -s "-screen 0 1920x1200x24" .venv/bin/python scripts/make_screenshots.py
+
+Every step of docs/user-guide.md is performed exactly as a user would through the widgets
+(open the sample, train with the quick preset, compute a comparison, hover, export) and the
+window is captured after each step. Options: ``--out DIR`` (default docs/images),
+``--epochs N`` (cap the quick preset's epochs, default 40, to keep the run short),
+``--threads N`` (torch threads, default 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(ROOT / "docs" / "images"))
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--genes", type=int, default=2916)
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    # a private settings dir, so the screenshots never depend on a user's remembered settings
+    os.environ["NAPARI_SCMEDAL_CONFIG_DIR"] = tempfile.mkdtemp(prefix="scmedal-shots-")
+
+    import napari
+    import numpy as np
+    from qtpy.QtWidgets import QApplication
+
+    viewer = napari.Viewer(title="napari-scmedal", show=True)
+    win = viewer.window._qt_window  # noqa: SLF001 - sizing the window for reproducible screenshots
+    win.resize(1800, 1100)
+    app = QApplication.instance()
+
+    def pump(seconds=0.3):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            app.processEvents()
+            time.sleep(0.02)
+
+    def wait(widget, what, timeout=1800):
+        t0 = time.monotonic()
+        while widget.busy:
+            pump(0.1)
+            if time.monotonic() - t0 > timeout:
+                raise TimeoutError(f"{what} did not finish in {timeout} s")
+        pump(0.5)
+        if getattr(widget, "last_error", None):
+            raise RuntimeError(f"{what} failed: {widget.last_error}")
+
+    def shot(name):
+        pump(0.5)
+        path = out / name
+        viewer.screenshot(str(path), canvas_only=False, flash=False)
+        print("wrote", path, flush=True)
+
+    # 1. open the sample data
+    viewer.open_sample("napari-scmedal", "cellbench")
+    pump()
+    shot("01_sample_data.png")
+
+    # 2. train with the quick preset
+    dock, mw = viewer.window.add_plugin_dock_widget("napari-scmedal", "scMEDAL model")
+    mw.batch_combo.setCurrentText("batch")
+    mw.label_combo.setCurrentText("cell_line")
+    mw.genes_spin.setValue(args.genes)
+    mw.preset_combo.setCurrentText("quick")
+    mw.epochs_spin.setValue(args.epochs)
+    mw.threads_spin.setValue(args.threads)
+    mw.start_training()
+    t0 = time.monotonic()
+    while mw.busy and not mw.loss_canvas.curves.get("re") and time.monotonic() - t0 < 900:
+        pump(0.2)
+    pump(1.0)
+    mw.loss_canvas.redraw(force=True)
+    shot("02_training.png")
+    wait(mw, "training")
+    viewer.reset_view()
+    shot("03_latents_and_metrics.png")
+
+    # 3. genomap explorer: one cell line, a few cells, every batch as target
+    viewer.window.remove_dock_widget(dock)
+    dock, ex = viewer.window.add_plugin_dock_widget("napari-scmedal", "Genomap explorer")
+    ex._refresh_layers()
+    ex.mode_combo.setCurrentText("group (label x batch)")
+    ex.label_combo.setCurrentText("H1975")
+    ex.batch_combo.setCurrentText("(any)")
+    ex.max_cells_spin.setValue(2)
+    ex.compute()
+    wait(ex, "comparison")
+    ex.focus()
+    shot("04_explorer.png")
+
+    # 4. hover: the gene under the cursor and every layer's value there
+    comp = ex.comparison
+    top = comp.top_genes_overall.iloc[0]
+    y, x = ex.tile_origin("Original")
+    pos = np.array([y + float(top["row_px"]), x + float(top["col_px"])])
+    ex._on_mouse_move(viewer, SimpleNamespace(position=pos))
+    shot("05_hover.png")
+
+    # 5. average a group, selected in the cells layer
+    cells = viewer.layers["CellBench sample"]
+    feats = cells.features
+    sel = np.flatnonzero((feats["cell_line"].astype(str) == "H1975").to_numpy()
+                         & (feats["batch"].astype(str) == "Dropseq_3cl").to_numpy())
+    ex.average_check.setChecked(True)
+    ex.mode_combo.setCurrentText("selected points")
+    ex.cells_combo.setCurrentText("CellBench sample")
+    cells.selected_data = set(int(i) for i in sel)
+    pump(0.5)
+    wait(ex, "averaged comparison")
+    ex.focus()
+    shot("06_group_average.png")
+
+    # 6. export the panel
+    viewer.window.remove_dock_widget(dock)
+    dock, xw = viewer.window.add_plugin_dock_widget("napari-scmedal", "Export figure")
+    xw.refresh()
+    xw.width_spin.setValue(12.0)
+    xw.height_spin.setValue(3.2)
+    xw.dpi_spin.setValue(150)
+    xw.title_edit.setText("H1975, Drop-seq: original, FE and counterfactuals")
+    xw.export(str(out / "07_exported_panel.png"))
+    wait(xw, "export")
+    shot("08_export_widget.png")
+    viewer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
