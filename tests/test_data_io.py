@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 
-import anndata as ad
 import numpy as np
 import pytest
 import scipy.sparse as sp
