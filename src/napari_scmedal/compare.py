@@ -287,13 +287,13 @@ def resolve_cells(cells, obs_names: Sequence[str]) -> np.ndarray:
 # model access (against the contract in docs/architecture.md)
 # ----------------------------------------------------------------------------------------------
 def _training_adata(model):
-    for attr in ("adata", "adata_", "_adata", "training_adata"):
+    getter = getattr(model, "_training_adata", None)
+    if callable(getter):
+        return getter(None)  # raises DataError with its fix for a loaded model
+    for attr in ("adata", "_adata"):
         a = getattr(model, attr, None)
         if a is not None:
             return a
-    td = getattr(model, "training_data", None) or getattr(model, "_training_data", None)
-    if td is not None and getattr(td, "adata", None) is not None:
-        return td.adata
     raise DataError(
         "This model does not hold its training data (for example it was loaded from a file). "
         "Pass the cells' AnnData with adata=..."
@@ -374,6 +374,8 @@ def _predict_versions(model, sub, batches: Sequence[str]) -> dict[str, np.ndarra
     fast = getattr(model, "predict_versions", None)
     if callable(fast):
         return fast(sub, batches)
+    if callable(getattr(model, "_run", None)) and callable(getattr(model, "_prepare", None)):
+        return _batched_versions(model, sub, batches)
     prepared = model.recipe.transform(sub)
     out = {
         "original": np.asarray(prepared.X_log, dtype=np.float32),
@@ -383,6 +385,42 @@ def _predict_versions(model, sub, batches: Sequence[str]) -> dict[str, np.ndarra
     }
     for b in batches:
         out[f"cf:{b}"] = np.asarray(model.get_counterfactual_expression(b, adata=sub), dtype=np.float32)
+    return out
+
+
+class _Stacked:
+    """The minimal Prepared view ScMEDAL._run reads: X and batch_onehot."""
+
+    def __init__(self, X, batch_onehot):
+        self.X = X
+        self.batch_onehot = batch_onehot
+
+
+def _batched_versions(model, sub, batches):
+    """ScMEDAL fast path: preprocess once, then one RE forward pass for every (batch, cell) pair
+    (inference mode, so stacking the rows does not change any cell's output)."""
+    if hasattr(model, "_check_kind"):
+        model._check_kind("fe", ("fe",))
+        model._check_kind("re", ("re",))
+    prep = model._prepare(sub)
+    X = np.asarray(prep.X, dtype=np.float32)
+    n, nb = X.shape[0], len(model.batches)
+    unscale = model.recipe.unscale
+    out = {
+        "original": np.asarray(prep.X_log, dtype=np.float32),
+        "fe": np.asarray(unscale(model._run("fe", prep, "recon")), dtype=np.float32),
+        "re": np.asarray(unscale(model._run("re", prep, "recon")), dtype=np.float32),
+        "batch": np.asarray(prep.batch),
+    }
+    if batches:
+        codes = [list(model.batches).index(b) for b in batches]
+        onehot = np.zeros((len(codes) * n, nb), dtype=np.float32)
+        for k, c in enumerate(codes):
+            onehot[k * n:(k + 1) * n, c] = 1.0
+        stacked = _Stacked(np.tile(X, (len(codes), 1)), onehot)
+        cf = np.asarray(unscale(model._run("re", stacked, "recon")), dtype=np.float32)
+        for k, b in enumerate(batches):
+            out[f"cf:{b}"] = cf[k * n:(k + 1) * n]
     return out
 
 
