@@ -344,10 +344,12 @@ def fit(task, train: Tensors, val: Tensors | None, *, max_epochs: int, patience:
                 hist["elapsed_s"] = time.perf_counter() - t0
                 be = hist["best_epoch"]
                 kept = f"the best weights (epoch {be}) are kept" if be else "no epoch had completed, so the weights are the initial ones"
-                raise TrainingError(
+                err = TrainingError(
                     f"The {task.name.upper()} training loss became {float(vals[0])} at epoch {epoch}; "
                     f"{kept}. Lower the learning rate (lr=...), lower the loss weights (w_recon/w_adv), "
                     f"or check the input for extreme values; model.history shows the losses so far.")
+                err.history = hist
+                raise err
             if is_cancelled(cancel):
                 cancelled = True
                 break
@@ -366,9 +368,12 @@ def fit(task, train: Tensors, val: Tensors | None, *, max_epochs: int, patience:
         if not math.isfinite(monitor):
             restore()
             hist["stopped"] = "nonfinite"
-            raise TrainingError(
+            hist["elapsed_s"] = time.perf_counter() - t0
+            err = TrainingError(
                 f"The {task.name.upper()} validation loss became {monitor} at epoch {epoch}; the best weights "
                 f"(epoch {hist['best_epoch']}) are kept. Lower the learning rate or the loss weights.")
+            err.history = hist
+            raise err
         if monitor < best_val:
             best_val, wait = monitor, 0
             best_state = _snapshot(net)

@@ -32,6 +32,7 @@ __all__ = [
     "mlp_head",
     "clipped_cross_entropy",
     "count_parameters",
+    "set_bn_momentum",
 ]
 
 #: Keras' ``backend.epsilon()``: probability clip inside cross-entropies.
@@ -159,3 +160,15 @@ def count_parameters(module: nn.Module) -> int:
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
             n += m.running_mean.numel() + m.running_var.numel()
     return n
+
+
+def set_bn_momentum(module: nn.Module, momentum: float) -> None:
+    """Set the (PyTorch-convention) momentum of every BatchNorm in ``module``.
+
+    Keras' 0.99 is PyTorch's 0.01 (the default of :func:`batch_norm`). On small datasets with few
+    optimiser steps the running statistics then lag far behind the batch statistics and inference
+    outputs are off; a larger momentum (e.g. 0.1) fixes that.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = float(momentum)

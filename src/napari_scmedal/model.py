@@ -1,0 +1,550 @@
+"""``ScMEDAL``: the public, scverse-style API of napari-scmedal (pure Python, no Qt).
+
+>>> import napari_scmedal as sm
+>>> model = sm.ScMEDAL(adata, batch_key="batch", label_key="cell_line", preset="quick", seed=0)
+>>> model.train()
+>>> z_fe = model.get_latent_representation("fe")            # batch-invariant latent
+>>> x_cf = model.get_counterfactual_expression("Dropseq_3cl")  # every cell as if in that batch
+>>> model.save("model.scmedal.safetensors"); model = sm.ScMEDAL.load("model.scmedal.safetensors")
+
+See docs/model.md for the presets, the hyperparameters and the file format.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import struct
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import DataError, ModelFileError, ScMEDALError, TrainingError
+from .models import AE, FE, RE, AETask, FETask, RETask, Tensors, fit, is_cancelled, resolve_device
+from .nn import set_bn_momentum
+
+__all__ = ["ScMEDAL", "PRESETS", "FILE_FORMAT", "FILE_VERSION"]
+
+FILE_FORMAT = "napari-scmedal-model"
+FILE_VERSION = 1
+
+#: Hyperparameters of the presets. "paper" = METHOD.md section 3 (reference defaults, AML weights);
+#: "quick" = laptop setting tuned on the bundled CellBench sample (see docs/model.md).
+PRESETS: dict[str, dict] = {
+    "paper": dict(
+        lr=1e-4, batch_size=512, max_epochs=500, patience=30, hidden=[512, 132], latent=50,
+        fe_w_recon=1000.0, fe_w_adv=1.0,
+        fec_w_recon=2000.0, fec_w_adv=0.5, fec_w_class=3.0,
+        re_w_recon=110.0, re_w_batch=0.1, kl_weight=1e-5, prior_sd=0.25, kl_estimator="sample",
+        bn_momentum=0.01, adv_bound=None, adam_eps=1e-7,
+        input_kind="auto", split_seed=42, split_fractions=[0.6, 0.2, 0.2], train_fec=True,
+    ),
+}
+PRESETS["quick"] = dict(
+    PRESETS["paper"],
+    lr=1e-3, batch_size=64, max_epochs=150, patience=10, bn_momentum=0.1,
+    fe_w_recon=600.0, fe_w_adv=1.0,
+)
+
+_KINDS_LATENT = ("fe", "fec", "re")
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import __version__
+
+    out = {"napari_scmedal": __version__, "python": platform.python_version()}
+    for dist in ("torch", "numpy", "anndata", "scanpy", "safetensors", "scikit-learn"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:  # pragma: no cover
+            pass
+    return out
+
+
+class ScMEDAL:
+    """scMEDAL fixed-effects (FE, and FEC with labels) and random-effects (RE) autoencoders.
+
+    Parameters
+    ----------
+    adata
+        AnnData with raw counts or log-normalised expression (``layer`` to pick a layer). Never
+        modified: the model works on a preprocessed copy (``napari_scmedal.data.prepare_training``).
+    batch_key, label_key
+        ``adata.obs`` columns of the batch (random effect) and optional cell type (FEC, metrics).
+    n_genes
+        Highly variable genes kept (2,916 = 54 x 54 fills a square genomap).
+    seed
+        Seeds weight initialisation, minibatch order and RE sampling (deterministic on CPU).
+    preset
+        ``"paper"`` (METHOD.md defaults) or ``"quick"`` (laptop). See :data:`PRESETS`.
+    device
+        ``None`` = CUDA when available, else CPU; or e.g. ``"cpu"``, ``"cuda:0"``.
+    threads
+        CPU threads used while training/inferring (``torch.set_num_threads``); ``None`` leaves it.
+    **hyperparameters
+        Override any preset entry (e.g. ``lr=5e-4``, ``fe_w_recon=2000``, ``hidden=[256, 64]``).
+    """
+
+    def __init__(self, adata, batch_key: str = "batch", label_key: str | None = None, n_genes: int = 2916,
+                 layer: str | None = None, seed: int = 0, preset: str = "paper", device=None,
+                 threads: int | None = None, **hyperparameters):
+        from .data import prepare_training
+
+        config = self._make_config(preset, hyperparameters)
+        td = prepare_training(adata, batch_key, label_key=label_key, n_genes=n_genes, layer=layer,
+                              input_kind=config["input_kind"], split_seed=config["split_seed"],
+                              split_fractions=tuple(config["split_fractions"]))
+        self._init_common(td.recipe, config, preset, seed, device, threads)
+        self._adata = td.adata
+        self._prepared = td.prepared
+        names = [str(n) for n in td.prepared.obs_names]
+        self.splits = {k: [names[i] for i in np.asarray(v)] for k, v in td.splits.items()}
+        self._split_idx = {k: np.asarray(v, dtype=np.int64) for k, v in td.splits.items()}
+        self._build_networks()
+
+    # ------------------------------------------------------------------ setup
+    @staticmethod
+    def _make_config(preset: str, hyperparameters: dict) -> dict:
+        if preset not in PRESETS:
+            raise ScMEDALError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}.")
+        config = json.loads(json.dumps(PRESETS[preset]))
+        unknown = sorted(set(hyperparameters) - set(config))
+        if unknown:
+            raise ScMEDALError(f"unknown hyperparameter(s) {unknown}; valid names are {sorted(config)} "
+                               f"(see napari_scmedal.model.PRESETS).")
+        for k, v in hyperparameters.items():
+            config[k] = list(v) if isinstance(v, tuple) else v
+        if config["kl_estimator"] not in ("sample", "analytic"):
+            raise ScMEDALError("kl_estimator must be 'sample' (reference) or 'analytic'.")
+        return config
+
+    def _init_common(self, recipe, config, preset, seed, device, threads):
+        self.recipe = recipe
+        self.config = config
+        self.preset = preset
+        self.seed = int(seed)
+        self.device = resolve_device(device)
+        self.threads = None if threads is None else int(threads)
+        self.history: dict[str, dict] = {}
+        self.layout = None
+        self._trained: list[str] = []
+        self._adata = None
+        self._prepared = None
+        self.splits: dict[str, list[str]] = {}
+        self._split_idx: dict[str, np.ndarray] = {}
+
+    def _build_networks(self):
+        c = self.config
+        G, B = self.recipe.n_genes, len(self.recipe.batches)
+        K = len(self.recipe.labels) if self.recipe.labels else 0
+        hidden, latent = tuple(c["hidden"]), int(c["latent"])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.nets: dict[str, torch.nn.Module] = {
+                "fe": FE(G, B, None, hidden, latent),
+                "re": RE(G, B, hidden, latent, prior_sd=c["prior_sd"], kl_estimator=c["kl_estimator"]),
+            }
+            if K >= 2 and c["train_fec"]:
+                self.nets["fec"] = FE(G, B, K, hidden, latent)
+        for net in self.nets.values():
+            set_bn_momentum(net, c["bn_momentum"])
+            net.to(self.device).eval()
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def genes(self) -> list[str]:
+        return list(self.recipe.genes)
+
+    @property
+    def batches(self) -> list[str]:
+        return list(self.recipe.batches)
+
+    @property
+    def labels(self) -> list[str] | None:
+        return None if self.recipe.labels is None else list(self.recipe.labels)
+
+    @property
+    def trained_kinds(self) -> list[str]:
+        """Latent kinds that have trained weights (``fe``, ``re``, ``fec``)."""
+        return list(self._trained)
+
+    def __repr__(self) -> str:
+        return (f"ScMEDAL(n_genes={self.recipe.n_genes}, batches={len(self.batches)}, "
+                f"labels={0 if self.labels is None else len(self.labels)}, preset={self.preset!r}, "
+                f"trained={self._trained}, device={str(self.device)!r})")
+
+    # ------------------------------------------------------------------ training
+    def _threads(self):
+        model = self
+
+        class _Ctx:
+            def __enter__(self):
+                self.old = torch.get_num_threads()
+                if model.threads:
+                    torch.set_num_threads(model.threads)
+
+            def __exit__(self, *exc):
+                torch.set_num_threads(self.old)
+                return False
+
+        return _Ctx()
+
+    def train(self, max_epochs: int | None = None, patience: int | None = None, batch_size: int | None = None,
+              progress=None, cancel=None) -> "ScMEDAL":
+        """Train FE, then FEC (when a label key is given), then RE; return ``self``.
+
+        ``max_epochs``/``patience``/``batch_size`` default to the preset's. ``progress(info)`` is
+        called after every epoch with ``{"model", "epoch", "max_epochs", "train", "val",
+        "elapsed_s", "eta_s", ...}``. ``cancel``: a ``threading.Event`` or a zero-argument callable;
+        when it turns true training stops and the best weights so far are kept (later models are
+        not trained). A NaN/inf loss raises :class:`TrainingError` with the best weights kept.
+        Calling ``train`` again continues from the current weights with fresh optimisers.
+        """
+        if self._prepared is None:
+            raise DataError("this model was loaded from a file and has no training data attached; train a new "
+                            "model with ScMEDAL(adata, ...) instead.")
+        c = self.config
+        max_epochs = int(c["max_epochs"] if max_epochs is None else max_epochs)
+        patience = int(c["patience"] if patience is None else patience)
+        batch_size = int(c["batch_size"] if batch_size is None else batch_size)
+        if max_epochs < 1 or patience < 1 or batch_size < 2:
+            raise ScMEDALError(f"need max_epochs >= 1, patience >= 1 and batch_size >= 2 (got {max_epochs}, "
+                               f"{patience}, {batch_size}).")
+        p = self._prepared
+        tr = Tensors.from_prepared(p, self._split_idx["train"], self.device)
+        va = Tensors.from_prepared(p, self._split_idx["val"], self.device)
+        order = [k for k in ("fe", "fec", "re") if k in self.nets]
+        devs = [self.device.index or 0] if self.device.type == "cuda" else []
+        with self._threads(), torch.random.fork_rng(devices=devs):
+            for i, kind in enumerate(order):
+                if is_cancelled(cancel):
+                    break
+                task = self._task(kind)
+                try:
+                    hist = fit(task, tr, va, max_epochs=max_epochs, patience=patience, batch_size=batch_size,
+                               seed=self.seed + 1000 * i, progress=progress, cancel=cancel)
+                except TrainingError as e:
+                    self.nets[kind].eval()
+                    hist = getattr(e, "history", None)
+                    if hist is not None:
+                        self.history[kind] = hist
+                        if hist["best_epoch"] is not None and kind not in self._trained:
+                            self._trained.append(kind)
+                    raise
+                hist["config"] = {"max_epochs": max_epochs, "patience": patience, "batch_size": batch_size}
+                self.history[kind] = hist
+                if hist["best_epoch"] is not None and kind not in self._trained:
+                    self._trained.append(kind)
+                if hist["stopped"] == "cancelled":
+                    break
+        return self
+
+    def _task(self, kind: str):
+        c, net = self.config, self.nets[kind]
+        if kind == "fe":
+            return FETask(net, c["lr"], c["fe_w_recon"], c["fe_w_adv"], 0.0, c["adv_bound"], c["adam_eps"])
+        if kind == "fec":
+            return FETask(net, c["lr"], c["fec_w_recon"], c["fec_w_adv"], c["fec_w_class"], c["adv_bound"],
+                          c["adam_eps"])
+        return RETask(net, c["lr"], c["re_w_recon"], c["re_w_batch"], c["kl_weight"], c["adam_eps"])
+
+    # ------------------------------------------------------------------ inference
+    def _training_adata(self, adata=None):
+        if adata is not None:
+            return adata
+        if self._adata is None:
+            raise DataError("this model was loaded from a file and does not carry its training data; pass "
+                            "adata= (an AnnData with the model's genes and batch column).")
+        return self._adata
+
+    def _prepare(self, adata=None):
+        if adata is None:
+            if self._prepared is None:
+                raise DataError("this model was loaded from a file and does not carry its training data; pass "
+                                "adata= (an AnnData with the model's genes and batch column, e.g. the data it "
+                                "was trained on).")
+            return self._prepared
+        return self.recipe.transform(adata)
+
+    def _check_kind(self, kind, allowed):
+        if kind not in allowed:
+            raise ScMEDALError(f"kind={kind!r} is not one of {list(allowed)}.")
+        if kind not in self.nets:
+            raise ScMEDALError(f"this model has no {kind.upper()} network (FEC needs label_key= with at least "
+                               f"two labels).")
+        if kind not in self._trained:
+            raise ScMEDALError(f"the {kind.upper()} network is not trained yet; call model.train() first "
+                               f"(or train again if it was cancelled).")
+
+    @torch.no_grad()
+    def _run(self, kind, prep, what, z_override=None, batch_size=4096):
+        net = self.nets[kind]
+        net.eval()
+        n = prep.X.shape[0]
+        outs = []
+        with self._threads():
+            for i in range(0, n, batch_size):
+                x = torch.as_tensor(np.ascontiguousarray(prep.X[i:i + batch_size]), dtype=torch.float32,
+                                    device=self.device)
+                if kind == "re":
+                    if z_override is not None:
+                        z = z_override.expand(x.shape[0], -1)
+                    else:
+                        z = torch.as_tensor(np.ascontiguousarray(prep.batch_onehot[i:i + batch_size]),
+                                            dtype=torch.float32, device=self.device)
+                    out = net(x, z)
+                else:
+                    out = net(x)
+                outs.append(out[what].float().cpu().numpy())
+        if not outs:
+            return np.zeros((0, net.n_genes if what == "recon" else int(self.config["latent"])), np.float32)
+        return np.concatenate(outs).astype(np.float32, copy=False)
+
+    def get_latent_representation(self, kind: str = "fe", adata=None) -> np.ndarray:
+        """``(n_cells, latent)`` latent of ``kind`` in ``{"fe", "fec", "re"}`` for the training cells
+        (``adata=None``) or for another AnnData aligned through the recipe."""
+        self._check_kind(kind, _KINDS_LATENT)
+        return self._run(kind, self._prepare(adata), "latent")
+
+    def get_reconstruction(self, kind: str = "fe", adata=None, scaled: bool = False) -> np.ndarray:
+        """``(n_cells, n_genes)`` reconstruction by ``kind`` in ``{"fe", "fec", "re"}`` (RE uses each
+        cell's own batch), in log1p-normalised units unless ``scaled=True`` (model space)."""
+        self._check_kind(kind, _KINDS_LATENT)
+        out = self._run(kind, self._prepare(adata), "recon")
+        return out if scaled else self.recipe.unscale(out).astype(np.float32, copy=False)
+
+    def _batch_index(self, target_batch) -> int:
+        names = self.batches
+        if isinstance(target_batch, str) or str(target_batch) in names:
+            if str(target_batch) in names:
+                return names.index(str(target_batch))
+        elif isinstance(target_batch, (int, np.integer)) and 0 <= int(target_batch) < len(names):
+            return int(target_batch)
+        shown = names if len(names) <= 20 else names[:20] + ["..."]
+        raise DataError(f"unknown target batch {target_batch!r}; the model knows these batches: {shown} "
+                        f"(or pass an index 0..{len(names) - 1}).")
+
+    def get_counterfactual_expression(self, target_batch, adata=None, scaled: bool = False,
+                                      batch_size: int = 4096) -> np.ndarray:
+        """RE autoencoder in inference mode with every cell's batch one-hot replaced by
+        ``target_batch`` (a batch name or index): each cell's expression as if acquired in that
+        batch, ``(n_cells, n_genes)``, log1p units unless ``scaled=True``."""
+        self._check_kind("re", ("re",))
+        b = self._batch_index(target_batch)
+        z = torch.zeros(1, len(self.batches), device=self.device)
+        z[0, b] = 1.0
+        out = self._run("re", self._prepare(adata), "recon", z_override=z, batch_size=int(batch_size))
+        return out if scaled else self.recipe.unscale(out).astype(np.float32, copy=False)
+
+    # ------------------------------------------------------------------ AnnData
+    def summary(self) -> dict:
+        """JSON-safe description: genes, batches, labels, keys, preset, config, trained kinds, versions."""
+        s = {"genes": self.genes, "batches": self.batches, "batch_key": self.recipe.batch_key,
+             "preset": self.preset, "seed": self.seed, "trained": list(self._trained),
+             "config": self.config, "versions": _versions(), "n_genes": int(self.recipe.n_genes)}
+        if self.labels is not None:
+            s["labels"] = self.labels
+        if self.recipe.label_key is not None:
+            s["label_key"] = self.recipe.label_key
+        for k, h in self.history.items():
+            s.setdefault("best_epoch", {})[k] = h["best_epoch"]
+        return s
+
+    def write_to_adata(self, adata) -> None:
+        """Add ``obsm["X_scmedal_fe"]``, ``obsm["X_scmedal_re"]`` (and ``"X_scmedal_fec"`` when trained)
+        for every cell of ``adata`` (aligned through the recipe; no cell is dropped) and
+        ``uns["scmedal"]`` (JSON-safe summary). ``adata`` is modified in place (only these keys)."""
+        prep = self.recipe.transform(adata)
+        if prep.X.shape[0] != adata.n_obs:
+            raise DataError(f"alignment returned {prep.X.shape[0]} rows for {adata.n_obs} cells; cannot write "
+                            f"latents without dropping cells.")
+        if not self._trained:
+            raise ScMEDALError("the model is not trained yet; call model.train() before write_to_adata().")
+        results = {k: self._run(k, prep, "latent") for k in self._trained}
+        for k, z in results.items():
+            adata.obsm[f"X_scmedal_{k}"] = z
+        s = self.summary()
+        s["config"] = {k: v for k, v in s["config"].items() if v is not None}
+        adata.uns["scmedal"] = s
+
+    # ------------------------------------------------------------------ save / load
+    def save(self, path) -> Path:
+        """Write one safetensors file (all networks' tensors + JSON metadata) atomically: a temp file
+        in the same folder is written, fsync'ed and renamed over ``path``; an error mid-save leaves an
+        existing file untouched. Returns the path."""
+        from safetensors.torch import save as st_save
+
+        path = Path(path)
+        if path.is_dir():
+            raise ModelFileError(f"{path} is a folder; give a file name such as {path / 'model.safetensors'}.")
+        tensors = {}
+        for kind, net in self.nets.items():
+            for k, v in net.state_dict().items():
+                tensors[f"{kind}.{k}"] = v.detach().to("cpu").contiguous()
+        layout = None
+        if self.layout is not None:
+            layout = self.layout.to_dict()
+        meta = {
+            "format": FILE_FORMAT, "format_version": FILE_VERSION, "preset": self.preset, "seed": self.seed,
+            "config": self.config, "recipe": self.recipe.to_dict(), "genes": self.genes,
+            "batches": self.batches, "labels": self.labels, "networks": sorted(self.nets),
+            "trained": list(self._trained), "history": self.history, "splits": self.splits,
+            "versions": _versions(), "layout": layout,
+        }
+        blob = st_save(tensors, metadata={"format": FILE_FORMAT, "format_version": str(FILE_VERSION),
+                                          "scmedal": json.dumps(meta)})
+        _atomic_write(path, blob)
+        return path
+
+    @classmethod
+    def load(cls, path, device=None, threads: int | None = None) -> "ScMEDAL":
+        """Load a model written by :meth:`save`. Never unpickles. Raises :class:`ModelFileError` for
+        a missing, truncated, corrupt, foreign or newer-version file. The loaded model carries no
+        training data: pass ``adata=`` to the inference methods."""
+        path = Path(path)
+        meta = _read_metadata(path)
+        try:
+            from .data.recipe import Recipe
+
+            recipe = Recipe.from_dict(meta["recipe"])
+            obj = cls.__new__(cls)
+            obj._init_common(recipe, meta["config"], meta["preset"], meta["seed"], device, threads)
+            obj._build_networks()
+            if sorted(obj.nets) != sorted(meta["networks"]):
+                raise ModelFileError(f"{path}: the file lists networks {meta['networks']} but its configuration "
+                                     f"builds {sorted(obj.nets)}; the file is inconsistent (re-save the model).")
+            obj.history = meta.get("history") or {}
+            obj._trained = list(meta.get("trained") or [])
+            obj.splits = meta.get("splits") or {}
+        except ModelFileError:
+            raise
+        except Exception as e:  # malformed metadata
+            raise ModelFileError(f"{path}: the model metadata is malformed ({type(e).__name__}: {e}); the file "
+                                 f"is damaged or was not written by napari-scmedal. Re-save or retrain.") from None
+        tensors = _read_tensors(path)
+        for kind, net in obj.nets.items():
+            prefix = f"{kind}."
+            sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            try:
+                net.load_state_dict(sd, strict=True)
+            except RuntimeError as e:
+                raise ModelFileError(f"{path}: the {kind.upper()} weights do not fit the stored configuration "
+                                     f"({str(e).splitlines()[0]}); the file is damaged. Re-save or retrain.") from None
+            net.to(obj.device).eval()
+        if meta.get("layout") is not None:
+            from .genomap import GenomapLayout
+
+            try:
+                obj.layout = GenomapLayout.from_dict(meta["layout"])
+            except Exception as e:
+                raise ModelFileError(f"{path}: the stored genomap layout cannot be read ({e}); re-save the "
+                                     f"model.") from None
+        return obj
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.exists():
+        raise ModelFileError(f"cannot save to {path}: the folder {parent} does not exist; create it first.")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:  # make the rename durable
+        dfd = os.open(parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:  # pragma: no cover - some filesystems refuse directory fsync
+        pass
+
+
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+def _read_header(path: Path) -> tuple[dict, int]:
+    if not path.exists():
+        raise ModelFileError(f"no model file at {path}; check the path (models are saved with model.save(path)).")
+    if path.is_dir():
+        raise ModelFileError(f"{path} is a folder, not a model file; pass the .safetensors file written by "
+                             f"model.save().")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ModelFileError(f"{path} is empty or truncated ({size} bytes); it is not a napari-scmedal model. "
+                                 f"Re-save or retrain the model.")
+        (n,) = struct.unpack("<Q", head)
+        if n == 0 or n > _MAX_HEADER or n > size - 8:
+            raise ModelFileError(f"{path} is not a napari-scmedal model file (no valid safetensors header); it may "
+                                 f"be truncated, corrupt or another kind of file. Re-save or retrain the model.")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+        if not isinstance(header, dict):
+            raise ValueError("header is not an object")
+    except (UnicodeDecodeError, ValueError):
+        raise ModelFileError(f"{path} has a corrupt header; it is not a readable napari-scmedal model. Re-save or "
+                             f"retrain the model.") from None
+    return header, 8 + n
+
+
+def _read_metadata(path: Path) -> dict:
+    header, data_start = _read_header(path)
+    md = header.get("__metadata__") or {}
+    if md.get("format") != FILE_FORMAT:
+        raise ModelFileError(f"{path} is a safetensors file but not a napari-scmedal model (format marker "
+                             f"{md.get('format')!r} instead of {FILE_FORMAT!r}); load it with the tool that "
+                             f"wrote it.")
+    try:
+        version = int(md.get("format_version", "0"))
+    except ValueError:
+        version = -1
+    if version > FILE_VERSION:
+        raise ModelFileError(f"{path} was written by a newer napari-scmedal (model format {version}; this "
+                             f"version reads up to {FILE_VERSION}). Upgrade napari-scmedal to load it.")
+    if version < 1:
+        raise ModelFileError(f"{path} has an invalid model format version {md.get('format_version')!r}; the file "
+                             f"is damaged. Re-save or retrain the model.")
+    size = path.stat().st_size
+    ends = [int(v["data_offsets"][1]) for k, v in header.items()
+            if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v]
+    if data_start + (max(ends) if ends else 0) != size:
+        raise ModelFileError(f"{path} is truncated or has trailing garbage ({size} bytes, expected "
+                             f"{data_start + (max(ends) if ends else 0)}); re-save or retrain the model.")
+    try:
+        meta = json.loads(md["scmedal"])
+    except (KeyError, ValueError):
+        raise ModelFileError(f"{path}: the napari-scmedal metadata is missing or corrupt; re-save or retrain the "
+                             f"model.") from None
+    return meta
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except Exception as e:
+        raise ModelFileError(f"{path}: the weights cannot be read ({type(e).__name__}: {e}); the file is corrupt. "
+                             f"Re-save or retrain the model.") from None
+    for k, v in tensors.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise ModelFileError(f"{path}: tensor {k!r} contains NaN or inf values; the file is corrupt or the "
+                                 f"model diverged. Retrain the model.")
+    return tensors
