@@ -108,6 +108,8 @@ def _write_json(path: Path, obj: Any) -> Path:
 
 
 def _write_h5ad(adata, path: Path) -> Path:
+    if "scmedal" in adata.uns:  # plain JSON types only, so h5py can store it
+        adata.uns["scmedal"] = _json_safe(adata.uns["scmedal"])
     tmp = _atomic_path(path)
     try:
         adata.write_h5ad(tmp)
@@ -131,6 +133,8 @@ def _json_safe(obj):
         return obj.item()
     if isinstance(obj, float) and obj != obj:
         return None
+    if isinstance(obj, str) and type(obj) is not str:  # e.g. torch's TorchVersion
+        return str(obj)
     return obj
 
 
