@@ -376,12 +376,12 @@ class GenomapExplorer(QWidget):
             return compare_cells(model, cells, target_batches=targets, adata=adata, average=average,
                                  scale=scale)
 
-        worker = create_worker(_work, _start_thread=False)
+        worker = create_worker(_work, _start_thread=False, _ignore_errors=True)
         self.workers.append(worker)
 
         def _err(exc):
             self.status_label.setText(f"Failed: {exc}")
-            notify_error(exc, self)
+            notify_error(exc, self, shown=True)
 
         def _finish():
             if worker in self.workers:

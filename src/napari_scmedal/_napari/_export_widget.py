@@ -148,7 +148,7 @@ class ExportWidget(QWidget):
             fig = comparison_figure(comp, columns=columns, gene_labels=genes, title=title, size=size, dpi=dpi)
             return save_figure(fig, path, dpi=dpi)
 
-        worker = create_worker(_work, _start_thread=False)
+        worker = create_worker(_work, _start_thread=False, _ignore_errors=True)
         self.workers.append(worker)
 
         def _done(p):
@@ -158,7 +158,7 @@ class ExportWidget(QWidget):
 
         def _err(exc):
             self.status_label.setText(f"Failed: {exc}")
-            notify_error(exc, self)
+            notify_error(exc, self, shown=True)
 
         worker.returned.connect(_done)
         worker.errored.connect(_err)

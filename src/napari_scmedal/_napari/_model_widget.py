@@ -79,7 +79,9 @@ class LossCanvas(QWidget):
         ep = info.get("epoch", 0)
         for split in ("train", "val"):
             for name, value in (info.get(split) or {}).items():
-                if value is not None and np.isfinite(value):
+                if "acc" in name:  # accuracies are not losses
+                    continue
+                if isinstance(value, (int, float)) and np.isfinite(value):
                     d.setdefault(f"{split}/{name}", []).append((ep, float(value)))
         self.redraw()
 
@@ -338,7 +340,7 @@ class ModelWidget(QWidget):
         bridge, cancel = self._bridge, self._cancel
 
         def _train():
-            from napari_scmedal import ScMEDAL
+            from napari_scmedal.model import ScMEDAL
 
             model = ScMEDAL(adata, **ctor)
             model.train(progress=bridge.message.emit, cancel=cancel, **fit)
@@ -354,22 +356,24 @@ class ModelWidget(QWidget):
     def _on_progress(self, info):
         if not isinstance(info, dict):
             return
+        self.loss_canvas.add(info)
         m = info.get("model", "?")
+        ep = int(info.get("epoch", 0))
+        eta = _fmt_eta(info.get("eta_s"))
+        val = info.get("val") or {}
+        vtxt = ", ".join(f"{k} {v:.4g}" for k, v in val.items()
+                         if isinstance(v, (int, float)) and "acc" not in k)
+        self.status_label.setText(
+            f"{m.upper()} epoch {ep}/{info.get('max_epochs', '?')}, ETA {eta}" + (f"; val {vtxt}" if vtxt else "")
+        )
         total = int(info.get("max_epochs") or 0) or None
         if self._pbar is None or self._pbar_model != m:
             self._close_pbar()
             self._pbar = napari_progress(total=total, desc=f"scMEDAL {m.upper()}")
             self._pbar_model = m
-        eta = _fmt_eta(info.get("eta_s"))
-        val = info.get("val") or {}
-        vtxt = ", ".join(f"{k} {v:.4g}" for k, v in val.items() if v is not None)
-        self._pbar.set_description(f"scMEDAL {m.upper()} (ETA {eta})")
-        ep = int(info.get("epoch", 0))
-        self._pbar.update(max(0, ep - self._pbar.n))
-        self.status_label.setText(
-            f"{m.upper()} epoch {ep}/{info.get('max_epochs', '?')}, ETA {eta}" + (f"; val {vtxt}" if vtxt else "")
-        )
-        self.loss_canvas.add(info)
+        pbar = self._pbar  # napari may process events below; keep a local handle
+        pbar.set_description(f"scMEDAL {m.upper()} (ETA {eta})")
+        pbar.update(max(0, ep - pbar.n))
 
     def _close_pbar(self):
         if self._pbar is not None:
@@ -383,7 +387,7 @@ class ModelWidget(QWidget):
         return bool(self.workers)
 
     def _run(self, func, on_done, training=False):
-        worker = create_worker(func, _start_thread=False)
+        worker = create_worker(func, _start_thread=False, _ignore_errors=True)
         self.workers.append(worker)
 
         def _finish():
@@ -399,7 +403,7 @@ class ModelWidget(QWidget):
 
         def _err(exc):
             self.status_label.setText(f"Failed: {exc}")
-            notify_error(exc, self)
+            notify_error(exc, self, shown=True)
 
         worker.returned.connect(on_done)
         worker.errored.connect(_err)
@@ -445,7 +449,7 @@ class ModelWidget(QWidget):
         self.status_label.setText(f"Loading {path} ...")
 
         def _load():
-            from napari_scmedal import ScMEDAL
+            from napari_scmedal.model import ScMEDAL
 
             model = ScMEDAL.load(path)
             # raises RecipeMismatchError naming the missing genes / unknown batches and the fix

@@ -1,0 +1,341 @@
+"""napari dock widgets on real data in a real viewer (Xvfb): training through the worker, cancel,
+save/load with the fit check, the genomap explorer's layers, hover lookup, selection updates and
+figure export."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+
+from napari_scmedal.datasets import cellbench  # noqa: E402
+
+pytestmark = pytest.mark.gui
+PLUGIN = "napari-scmedal"
+N_GENES = 256  # a 16 x 16 genomap keeps the tests fast
+TIMEOUT_MS = 180_000
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch, tmp_path):
+    import torch
+
+    torch.set_num_threads(1)
+    monkeypatch.setenv("NAPARI_SCMEDAL_CONFIG_DIR", str(tmp_path / "config"))
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A real scMEDAL (FE, FEC, RE) trained briefly on the CellBench sample, and that AnnData."""
+    import torch
+
+    from napari_scmedal.model import ScMEDAL
+
+    torch.set_num_threads(1)
+    adata = cellbench()
+    model = ScMEDAL(adata, batch_key="batch", label_key="cell_line", n_genes=N_GENES, preset="quick", seed=0)
+    model.train(max_epochs=3)
+    return model, adata
+
+
+def _viewer_with_sample(make_napari_viewer):
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open_sample(PLUGIN, "cellbench")
+    return viewer, layer
+
+
+def _model_widget(viewer, genes=N_GENES, epochs=3):
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "scMEDAL model")
+    w.batch_combo.setCurrentText("batch")
+    w.label_combo.setCurrentText("cell_line")
+    w.genes_spin.setValue(genes)
+    w.preset_combo.setCurrentText("quick")
+    w.epochs_spin.setValue(epochs)
+    w.threads_spin.setValue(1)
+    return w
+
+
+# ---------------------------------------------------------------------------------------------- model
+def test_train_in_worker_adds_latent_layers_and_metrics(make_napari_viewer, qtbot):
+    from napari_scmedal._napari._layers import pca_2d
+    from napari_scmedal._napari._model_widget import ModelWidget
+
+    viewer, cells = _viewer_with_sample(make_napari_viewer)
+    w = _model_widget(viewer)
+    assert w.grid_label.text() == "genomap 16 x 16, every pixel a gene"
+    w.train_btn.click()
+    assert w.busy and not w.train_btn.isEnabled()  # the work runs in a worker, the UI is free
+    qtbot.waitUntil(lambda: not w.busy and w.metrics is not None, timeout=TIMEOUT_MS)
+    assert w.last_error is None
+    model = w.model
+    assert model.trained_kinds == ["fe", "fec", "re"]
+    # live progress reached the loss canvas for every network, one point per epoch
+    for kind in ("fe", "fec", "re"):
+        assert len(w.loss_canvas.curves[kind]["val/total"]) == 3
+    # latent layers: one point per cell at the first two PCs of the model's latent, coloured by batch
+    for kind, name in (("fe", "FE latent"), ("fec", "FEC latent"), ("re", "RE latent")):
+        layer = viewer.layers[f"CellBench sample | {name}"]
+        assert layer.data.shape == (1408, 2)
+        Z = model.get_latent_representation(kind, adata=cells.metadata["adata"])
+        Y = pca_2d(Z)
+        np.testing.assert_allclose(layer.data[:, 1], Y[:, 0], rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(layer.data[:, 0], -Y[:, 1], rtol=1e-3, atol=1e-3)
+        fc = np.asarray(layer.face_color)
+        b = layer.features["batch"].astype(str).to_numpy()
+        assert len({tuple(np.round(fc[b == x][0], 3)) for x in np.unique(b)}) == 5
+    # the metrics table shows evaluate_model's numbers (3 latents x batch/label)
+    from napari_scmedal.metrics import evaluate_model
+
+    ref = evaluate_model(model, "test", adata=cells.metadata["adata"])
+    assert w.metrics_table.rowCount() == 6
+    rows = {(w.metrics_table.item(i, 0).text(), w.metrics_table.item(i, 1).text()): i
+            for i in range(w.metrics_table.rowCount())}
+    i = rows[("RE", "batch")]
+    assert float(w.metrics_table.item(i, 4).text()) == pytest.approx(ref["latents"]["re"]["batch"]["asw"], abs=1e-3)
+    # colouring the latents by label switches their face colours to the cell line
+    w.color_combo.setCurrentText("label")
+    layer = viewer.layers["CellBench sample | FE latent"]
+    lines = layer.features["cell_line"].astype(str).to_numpy()
+    fc = np.asarray(layer.face_color)
+    assert all(np.allclose(fc[lines == x], fc[lines == x][0]) for x in np.unique(lines))
+    # settings are remembered by a new widget
+    w2 = ModelWidget(viewer)
+    assert w2.genes_spin.value() == N_GENES and w2.preset_combo.currentText() == "quick"
+    assert w2.epochs_spin.value() == 3
+
+
+def test_cancel_keeps_the_best_model(make_napari_viewer, qtbot):
+    viewer, _ = _viewer_with_sample(make_napari_viewer)
+    w = _model_widget(viewer, epochs=500)
+    w.metrics_check.setChecked(False)
+    w.train_btn.click()
+    qtbot.waitUntil(lambda: len(w.loss_canvas.curves.get("fe", {}).get("val/total", [])) >= 2, timeout=TIMEOUT_MS)
+    assert w.cancel_btn.isEnabled()
+    w.cancel_btn.click()
+    qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT_MS)
+    assert w.last_error is None
+    model = w.model
+    hist = model.history["fe"]
+    assert hist["stopped"] == "cancelled"
+    assert hist["best_epoch"] is not None
+    assert len(w.loss_canvas.curves["fe"]["val/total"]) < 500
+    assert model.trained_kinds == ["fe"]  # later networks are not trained after a cancel
+    assert "cancelled" in w.status_label.text()
+    assert "CellBench sample | FE latent" in viewer.layers
+    assert "CellBench sample | RE latent" not in viewer.layers
+
+
+def test_save_then_load_checks_the_model_fits_the_data(make_napari_viewer, qtbot, trained, tmp_path):
+    import anndata as ad
+
+    from napari_scmedal._napari._layers import cells_layer_data
+
+    model, adata = trained
+    viewer, cells = _viewer_with_sample(make_napari_viewer)
+    w = _model_widget(viewer)
+    w.metrics_check.setChecked(False)
+    w.model = model
+    path = tmp_path / "m.safetensors"
+    w.save_model(str(path))
+    assert path.exists() and w.last_error is None
+    # data lacking most of the model's genes: loading says which genes are missing
+    few = ad.AnnData(adata[:, adata.var_names[-200:]].X.copy(), obs=adata.obs.copy(),
+                     var=adata.var.iloc[-200:].copy())
+    few = few[:, [g for g in few.var_names if g not in set(model.genes)]].copy()
+    data, kw, _ = cells_layer_data(few, "other genes", coords=np.zeros((few.n_obs, 2)))
+    viewer.add_points(data, **kw)
+    w.layer_combo.setCurrentText("other genes")
+    w.load_model(str(path))
+    qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT_MS)
+    assert w.last_error is not None and "gene" in w.last_error.lower()
+    assert "other genes | FE latent" not in viewer.layers
+    # the right data: the model loads and its latents appear
+    w.last_error = None
+    w.layer_combo.setCurrentText("CellBench sample")
+    w.load_model(str(path))
+    qtbot.waitUntil(lambda: not w.busy and "CellBench sample | RE latent" in viewer.layers, timeout=TIMEOUT_MS)
+    assert w.last_error is None
+    assert w.model is not model and w.model.genes == model.genes
+    np.testing.assert_allclose(w.model.get_latent_representation("fe", adata=adata),
+                               model.get_latent_representation("fe", adata=adata), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- explorer
+def _explorer(make_napari_viewer, trained):
+    model, _ = trained
+    viewer, cells = _viewer_with_sample(make_napari_viewer)
+    cells.metadata["scmedal_model"] = model
+    _, ex = viewer.window.add_plugin_dock_widget(PLUGIN, "Genomap explorer")
+    assert ex.model_combo.currentText() == "CellBench sample"
+    assert ex.target_batches() == list(model.batches)  # default: every batch
+    return viewer, cells, ex
+
+
+def _compute(ex, qtbot):
+    ex.compute()
+    qtbot.waitUntil(lambda: not ex.busy, timeout=TIMEOUT_MS)
+    assert ex.last_error is None, ex.last_error
+
+
+def test_explorer_layers_shapes_colormaps_limits(make_napari_viewer, qtbot, trained):
+    from napari_scmedal.compare import counterfactual_name
+
+    model, adata = trained
+    viewer, cells, ex = _explorer(make_napari_viewer, trained)
+    ex.mode_combo.setCurrentText("group (label x batch)")
+    ex.label_combo.setCurrentText("H1975")
+    ex.batch_combo.setCurrentText("(any)")
+    ex.max_cells_spin.setValue(2)
+    _compute(ex, qtbot)
+    comp = ex.comparison
+    assert comp.n_rows == 2 and comp.shape == (16, 16)
+    assert set(comp.row_labels) == {"H1975"}
+    names = [ly.name for ly in viewer.layers if ly.name.startswith("genomap | ") and ly._type_string == "image"]
+    expected = ["Original", "FE reconstruction", "RE reconstruction"] + [counterfactual_name(b) for b in model.batches]
+    expected += ["FE - Original"] + [f"Counterfactual -> {b} - Original" for b in model.batches]
+    expected += [f"Counterfactual -> {b} - Counterfactual -> own batch" for b in model.batches]
+    assert sorted(names) == sorted("genomap | " + n for n in expected)
+    lo, hi = comp.expression_limits
+    d = comp.difference_limits[1]
+    assert d > 0
+    for n in expected:
+        ly = viewer.layers["genomap | " + n]
+        assert ly.data.shape == (2 * 16 + 2, 16)  # two rows of 16 x 16 with a 2-pixel NaN gap
+        assert np.isnan(ly.data[16:18]).all()
+        np.testing.assert_array_equal(ly.data[18:], comp.images[n][1])
+        if comp.kinds[n] == "expression":
+            assert ly.colormap.name == "viridis"
+            assert tuple(ly.contrast_limits) == pytest.approx((lo, hi))
+        else:
+            assert ly.colormap.name == "RdBu_r"
+            assert tuple(ly.contrast_limits) == pytest.approx((-d, d))
+    # tiles do not overlap
+    boxes = []
+    for n in expected:
+        ly = viewer.layers["genomap | " + n]
+        (y0, x0), (y1, x1) = ly.extent.world[0][-2:], ly.extent.world[1][-2:]
+        boxes.append((y0, x0, y1, x1))
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
+    # own batch framed: one rectangle per row, on the tile of that row's batch
+    own = viewer.layers["genomap | own batch"]
+    assert len(own.data) == 2
+    for r in range(2):
+        tile = viewer.layers["genomap | " + counterfactual_name(comp.row_batches[r])]
+        ty, tx = tile.translate[-2:]
+        rect = own.data[r]
+        assert rect[:, 1].min() == pytest.approx(tx - 0.5)
+        assert rect[:, 0].min() == pytest.approx(ty + r * 18 - 0.5)
+    # top genes: marked points and the list
+    assert ex.top_list.count() == 10
+    assert comp.top_genes_overall["gene"].iloc[0] in ex.top_list.item(0).text()
+    assert "genomap | top genes" in viewer.layers
+
+    # recomputing replaces rather than duplicates; one cell -> one row
+    n_layers = len(viewer.layers)
+    ex.max_cells_spin.setValue(1)
+    ex.scale_combo.setCurrentText("zscore")
+    _compute(ex, qtbot)
+    assert len(viewer.layers) == n_layers
+    assert viewer.layers["genomap | Original"].data.shape == (16, 16)
+    assert ex.comparison.scale == "zscore"
+    assert len(viewer.layers["genomap | own batch"].data) == 1
+
+    # fewer target batches: the counterfactual layers of the others are removed
+    for i in range(ex.targets_list.count()):
+        it = ex.targets_list.item(i)
+        it.setSelected(i < 2)
+    _compute(ex, qtbot)
+    cf = [ly.name for ly in viewer.layers if ly.name.startswith("genomap | Counterfactual -> ")
+          and ly.name.count("Counterfactual") == 1 and not ly.name.endswith("Original")]
+    assert sorted(cf) == sorted("genomap | " + counterfactual_name(b) for b in model.batches[:2])
+
+
+def test_hover_names_the_gene_and_every_value(make_napari_viewer, qtbot, trained):
+    from types import SimpleNamespace
+
+    viewer, cells, ex = _explorer(make_napari_viewer, trained)
+    ex.mode_combo.setCurrentText("cell indices")
+    ex.indices_edit.setText("10, 500")
+    _compute(ex, qtbot)
+    comp = ex.comparison
+    layout = comp.layout
+    for gene in (layout.genes[0], layout.genes[77], layout.genes[-1]):
+        r, c = layout.pixel_of(gene)
+        for row in (0, 1):
+            for tile in ("Original", "FE - Original"):
+                ty, tx = ex.tile_origin(tile)
+                info = ex.lookup((ty + row * 18 + r, tx + c))
+                assert info["gene"] == gene
+                assert info["image"] == tile and info["row"] == row
+                assert info["values"]["Original"] == pytest.approx(float(comp.images["Original"][row, r, c]),
+                                                                   nan_ok=True)
+    # the gap between rows and the space between tiles name nothing
+    ty, tx = ex.tile_origin("Original")
+    assert ex.lookup((ty + 16.6, tx + 3)) is None
+    assert ex.lookup((ty + 3, tx + 16 + 3)) is None
+    # the mouse callback writes the gene into the widget and the status bar
+    gene = layout.genes[5]
+    r, c = layout.pixel_of(gene)
+    ex._on_mouse_move(viewer, SimpleNamespace(position=np.array([ty + r, tx + c])))
+    assert ex.hover_label.text().startswith(gene)
+    assert gene in viewer.status
+
+
+def test_selection_in_a_cells_layer_updates_the_comparison(make_napari_viewer, qtbot, trained):
+    viewer, cells, ex = _explorer(make_napari_viewer, trained)
+    ex.mode_combo.setCurrentText("selected points")
+    ex.cells_combo.setCurrentText("CellBench sample")
+    cells.selected_data = {3, 7}
+    qtbot.waitUntil(lambda: ex.comparison is not None and not ex.busy, timeout=TIMEOUT_MS)
+    assert ex.comparison.meta["cells"] == [3, 7]
+    cells.selected_data = {42}
+    qtbot.waitUntil(lambda: ex.comparison.meta["cells"] == [42] and not ex.busy, timeout=TIMEOUT_MS)
+    assert viewer.layers["genomap | Original"].data.shape == (16, 16)
+    # averaging a selected group gives one row
+    ex.average_check.setChecked(True)
+    cells.selected_data = {1, 2, 3, 4}
+    qtbot.waitUntil(lambda: ex.comparison.meta["cells"] == [1, 2, 3, 4] and not ex.busy, timeout=TIMEOUT_MS)
+    assert ex.comparison.averaged and ex.comparison.n_rows == 1
+
+
+def test_core_errors_become_notifications(make_napari_viewer, qtbot, trained):
+    viewer, cells, ex = _explorer(make_napari_viewer, trained)
+    ex.mode_combo.setCurrentText("cell indices")
+    ex.indices_edit.setText("0, 99999")
+    ex.compute()
+    qtbot.waitUntil(lambda: not ex.busy, timeout=TIMEOUT_MS)
+    assert "out of range" in ex.last_error and "1408 cells" in ex.last_error
+    ex.indices_edit.setText("zero")
+    ex.compute()
+    assert "integers separated by commas" in ex.last_error
+    ex.mode_combo.setCurrentText("selected points")
+    cells.selected_data = set()
+    ex.compute()
+    assert "No points are selected" in ex.last_error
+
+
+# ---------------------------------------------------------------------------------------------- export
+@pytest.mark.parametrize("ext", [".png", ".tif"])
+def test_export_writes_the_requested_size(make_napari_viewer, qtbot, trained, tmp_path, ext):
+    from PIL import Image
+
+    viewer, cells, ex = _explorer(make_napari_viewer, trained)
+    ex.mode_combo.setCurrentText("cell indices")
+    ex.indices_edit.setText("0")
+    _compute(ex, qtbot)
+    _, xw = viewer.window.add_plugin_dock_widget(PLUGIN, "Export figure")
+    assert xw.columns_list.count() == len(ex.comparison.names)
+    xw.width_spin.setValue(6.0)
+    xw.height_spin.setValue(2.5)
+    xw.dpi_spin.setValue(100)
+    path = tmp_path / f"panel{ext}"
+    xw.export(str(path))
+    qtbot.waitUntil(lambda: not xw.busy, timeout=TIMEOUT_MS)
+    assert xw.last_error is None
+    with Image.open(path) as im:
+        assert im.size == (600, 250)
+    # a bad file name is reported with the fix
+    xw.export(str(tmp_path / "panel.bmp"))
+    qtbot.waitUntil(lambda: not xw.busy, timeout=TIMEOUT_MS)
+    assert ".png" in xw.last_error
