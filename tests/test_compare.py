@@ -298,3 +298,72 @@ def test_stack_comparisons_rows_share_limits(small):
     other = compare_cells(m, [2], target_batches=["b0"])
     with pytest.raises(DataError, match="cannot be stacked"):
         stack_comparisons([g0, other])
+
+
+# ------------------------------------------------------------------------------------------------
+# a real (tiny) ScMEDAL
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def real():
+    import torch
+
+    torch.set_num_threads(1)
+    from napari_scmedal.datasets import cellbench
+    from napari_scmedal.model import ScMEDAL
+
+    a = cellbench()
+    keep = np.sort(np.random.default_rng(0).choice(a.n_obs, 300, replace=False))
+    a = a[keep].copy()
+    m = ScMEDAL(a, batch_key="batch", label_key="cell_line", n_genes=100, preset="quick", seed=0)
+    m.train(max_epochs=2)
+    return a, m
+
+
+def test_real_model_versions_match_the_public_api(real):
+    a, m = real
+    assert m.layout is None
+    comp = compare_cells(m, [0, 1, 2])
+    assert m.layout is not None and tuple(m.layout.shape) == (10, 10)  # computed once, attached
+    assert comp.layout is m.layout
+    # the model's training data is its filtered copy: the same cells, in order
+    sub = m._training_adata()[[0, 1, 2]]
+    cols = [list(m.genes).index(g) for g in m.layout.genes]
+    for b in m.batches:
+        ref = m.layout.project(m.get_counterfactual_expression(b, adata=sub)[:, cols])
+        np.testing.assert_allclose(comp.images[counterfactual_name(b)], ref, atol=1e-4)
+        np.testing.assert_allclose(comp.images[cf_minus_original_name(b)],
+                                   comp.images[counterfactual_name(b)] - comp.images[ORIGINAL], atol=1e-5)
+    ref = m.layout.project(m.get_reconstruction("fe", adata=sub)[:, cols])
+    np.testing.assert_allclose(comp.images[FE_RECON], ref, atol=1e-4)
+    assert comp.row_batches == list(sub.obs["batch"].astype(str))
+    assert comp.row_labels == list(sub.obs["cell_line"].astype(str))
+    # a new AnnData: cells chosen by name from the user's object
+    comp2 = compare_cells(m, [a.obs_names[5]], adata=a, target_batches=["Dropseq_3cl"])
+    assert comp2.row_cells == [[a.obs_names[5]]]
+    own = comp2.row_batches[0]
+    np.testing.assert_allclose(
+        np.nanmax(np.abs(compare_cells(m, [a.obs_names[5]], adata=a, target_batches=[own])
+                         .images[cf_minus_own_name(own)])), 0.0, atol=1e-6)
+
+
+def test_one_cell_twenty_batches_is_fast():
+    import torch
+
+    torch.set_num_threads(1)
+    from napari_scmedal.data import make_synthetic
+    from napari_scmedal.genomap import GenomapLayout
+    from napari_scmedal.model import ScMEDAL
+
+    a = make_synthetic(n_cells=400, n_genes=3000, n_batches=20, n_labels=2, seed=0)
+    m = ScMEDAL(a, batch_key="batch", n_genes=2916, preset="quick", seed=0)
+    m.train(max_epochs=1)
+    pix = np.stack(np.divmod(np.arange(2916), 54), axis=1)
+    layout = GenomapLayout((54, 54), m.genes, pix)
+    times = []
+    for i in range(3):
+        t0 = time.perf_counter()
+        comp = compare_cells(m, [i], layout=layout)
+        times.append(time.perf_counter() - t0)
+    assert len(comp.batches) == 20 and comp.images[ORIGINAL].shape == (1, 54, 54)
+    assert len(comp.names) == 3 + 20 + 1 + 40
+    assert min(times) < 1.0, times

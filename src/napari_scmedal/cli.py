@@ -178,13 +178,14 @@ class _TrainProgress:
             bar = self.bars[name] = tqdm(total=int(info.get("max_epochs") or 0) or None,
                                          desc=f"train {name.upper()}", unit="epoch",
                                          file=sys.stderr, leave=True, dynamic_ncols=True)
-        bar.n = int(info.get("epoch", bar.n))
         val = info.get("val") or {}
         tr = info.get("train") or {}
         loss = val.get("total", tr.get("total"))
         if loss is not None:
-            bar.set_postfix_str(f"{'val' if 'total' in val else 'train'} loss {float(loss):.4g}")
-        bar.refresh()
+            bar.set_postfix_str(f"{'val' if 'total' in val else 'train'} loss {float(loss):.4g}", refresh=False)
+        step = int(info.get("epoch", bar.n)) - bar.n
+        if step > 0:
+            bar.update(step)
 
     def close(self) -> None:
         for b in self.bars.values():
