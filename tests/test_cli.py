@@ -209,3 +209,24 @@ def test_python_dash_m_is_the_same_command():
     r = subprocess.run([sys.executable, "-m", "napari_scmedal", "embed", "nope.safetensors", "nope.h5ad",
                         "--out", "x.h5ad"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_viewer_opens_only_with_a_display(monkeypatch, capsys):
+    import types
+
+    from napari_scmedal import cli
+
+    calls = []
+    fake = types.ModuleType("napari_scmedal._napari.launch")
+    fake.open_viewer = lambda adata, model, comp: calls.append((adata, model, comp))
+    monkeypatch.setitem(sys.modules, "napari_scmedal._napari.launch", fake)
+    con = cli._Console()
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    assert cli.maybe_open_viewer("A", "M", "C", con) is False
+    assert "no display" in capsys.readouterr().err
+    monkeypatch.setenv("DISPLAY", ":99")
+    assert cli.maybe_open_viewer("A", "M", "C", con, no_viewer=True) is False
+    assert calls == []
+    assert cli.maybe_open_viewer("A", "M", "C", con) is True
+    assert calls == [("A", "M", "C")]

@@ -579,19 +579,22 @@ def cmd_demo(args, con: _Console) -> int:
                 idx = select_cells(train_ad, {label_key: line, batch_key: b})
             except ScMEDALError:
                 continue  # this line was not sequenced in this batch
-            rows.append(compare_cells(model, idx, adata=train_ad, average=True,
+            rows.append(compare_cells(model, idx, adata=train_ad, average=True, scale="zscore",
                                       group_name=f"{line} in {b}"))
         comp = stack_comparisons(rows)
         stem = f"genomap_{_safe(line)}"
         files = write_comparison_outputs(comp, out, stem, formats, args.dpi, gene_labels=10,
-                                         title=f"{line}: mean genomaps per batch (rows) in every version")
+                                         columns=_demo_columns(comp),
+                                         title=f"{line}: mean genomap of its cells in each batch (rows), per-gene "
+                                               "z-scores")
         panels.append({"line": line, "stem": stem, "files": files, "rows": comp.row_titles,
                        "top": comp.top_genes_overall})
         overview_rows.append(compare_cells(model, select_cells(train_ad, {label_key: line}), adata=train_ad,
-                                           average=True, group_name=line))
+                                           average=True, scale="zscore", group_name=line))
     overview = stack_comparisons(overview_rows)
     write_comparison_outputs(overview, out, "genomap_overview", formats, args.dpi, gene_labels=0,
-                             title="Cell lines (mean of all their cells): original, FE, RE, counterfactuals, differences")
+                             columns=_demo_columns(overview),
+                             title="Cell lines (mean of all their cells), per-gene z-scores")
     # per-cell top genes for a few cells of each line
     per_cell = []
     for line in lines:
@@ -633,18 +636,40 @@ def cmd_demo(args, con: _Console) -> int:
     con.say(f"report: {report}  ({timings['total_s']:.0f} s in all)")
 
     # 7. viewer ------------------------------------------------------------------------------
-    if not args.no_viewer and _display_available():
-        try:
-            from ._napari.launch import open_viewer
-        except ImportError as exc:
-            con.say(f"napari viewer not opened: the GUI launcher is unavailable ({exc}); "
-                    f"open {out / 'latents.h5ad'} in napari instead")
-        else:
-            con.say("opening napari with the results (close the window to finish)")
-            open_viewer(lat, model, overview)
-    elif not args.no_viewer:
-        con.say("no display: skipping the napari viewer (results are in the report)")
+    maybe_open_viewer(lat, model, overview, con, no_viewer=args.no_viewer, where=out)
     return 0
+
+
+def maybe_open_viewer(adata, model, comparison, con: _Console, no_viewer: bool = False, where=None) -> bool:
+    """Open napari with the results when a display is available and ``no_viewer`` is False.
+
+    Calls ``napari_scmedal._napari.launch.open_viewer(adata, model, comparison)`` (imported lazily,
+    so the core never imports Qt or napari).  Returns True when the viewer was opened.
+    """
+    if no_viewer:
+        return False
+    if not _display_available():
+        con.say("no display: skipping the napari viewer (the results are in the report)")
+        return False
+    try:
+        from ._napari.launch import open_viewer
+    except ImportError as exc:
+        con.say(f"napari viewer not opened: the GUI launcher is unavailable ({exc}); open "
+                f"{Path(where or '.') / 'latents.h5ad'} in napari instead")
+        return False
+    con.say("opening napari with the results (close the window to finish)")
+    open_viewer(adata, model, comparison)
+    return True
+
+
+def _demo_columns(comp) -> list[str]:
+    """Figure columns of the demo: every expression version, FE - Original and the pure batch
+    effect (counterfactual to b minus counterfactual to the own batch); the
+    ``Counterfactual -> b - Original`` maps stay in the .npz arrays."""
+    from .compare import FE_MINUS_ORIGINAL, cf_minus_own_name
+
+    cols = comp.names_of_kind("expression") + [FE_MINUS_ORIGINAL] + [cf_minus_own_name(b) for b in comp.batches]
+    return [c for c in cols if c in comp.images]
 
 
 def _safe(name: str) -> str:
@@ -701,6 +726,9 @@ def _report_html(summary, table, panels, res, formats, model) -> str:
         f"<img src='mwu_celseq2_vs_dropseq.{img_ext}'>",
     ]
     if len(sig):
+        sig = sig.reindex(sig["diff"].abs().sort_values(ascending=False).index)
+        parts.append("<p>The 20 significant pixels with the largest difference of means "
+                     f"({e(res.group_b)} - {e(res.group_a)}):</p>")
         parts.append(sig.head(20).to_html(index=False, float_format=lambda v: f"{v:.3g}", classes="tbl"))
     parts.append("<p>Per-cell top genes: <code>top_genes_cells.csv</code>.</p></body></html>")
     return "\n".join(parts)

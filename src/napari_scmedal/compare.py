@@ -574,7 +574,10 @@ def compare_cells(
         v.update({k: val for k, val in _predict_versions(model, sub, extra).items() if k.startswith("cf:")})
 
     if scale == "zscore":
-        mean, std = zscore_reference(model)
+        try:
+            mean, std = zscore_reference(model)  # on the training data when the model has it
+        except DataError:
+            mean, std = zscore_reference(model, adata=source)  # a loaded model: the data given
 
         def tf(x):
             return ((x - mean) / std).astype(np.float32)
