@@ -203,26 +203,30 @@ def pixel_test_figure(result, background: np.ndarray | None = None, title: str |
                         interpolation="nearest")
     axs[0].set_title(f"mean {result.group_b} - mean {result.group_a}", fontsize=8)
     fig.colorbar(im0, ax=axs[0], fraction=0.046, pad=0.04)
+    sig = np.asarray(result.significant, dtype=bool)
     if background is not None:
         im1 = axs[1].imshow(np.ma.masked_invalid(background), cmap=_cmap(EXPRESSION_CMAP),
                             interpolation="nearest")
-        axs[1].set_title(f"significant pixels (q < {result.alpha:g})", fontsize=8)
+        axs[1].set_title(f"genomap; grey: not significant (q \u2265 {result.alpha:g})", fontsize=8)
     else:
         with np.errstate(divide="ignore"):
             lq = -np.log10(result.q)
         im1 = axs[1].imshow(np.ma.masked_invalid(lq), cmap=_cmap("magma"), interpolation="nearest")
-        axs[1].set_title(f"-log10 q (outlined: q < {result.alpha:g})", fontsize=8)
+        axs[1].set_title(f"-log10 q; grey: not significant (q \u2265 {result.alpha:g})", fontsize=8)
     fig.colorbar(im1, ax=axs[1], fraction=0.046, pad=0.04)
-    sig = np.asarray(result.significant, dtype=bool)
-    if sig.any():
-        rr, cc = np.nonzero(sig)
-        axs[1].scatter(cc, rr, s=8, marker="s", facecolors="none", edgecolors="cyan", linewidths=0.6)
+    # the boolean overlay: pixels that are not significant are greyed out
+    grey = np.zeros(sig.shape + (4,), dtype=np.float32)
+    grey[~sig] = (0.85, 0.85, 0.85, 0.9)
+    axs[1].imshow(grey, interpolation="nearest")
     for ax in axs:
         ax.set_xticks([])
         ax.set_yticks([])
     n_sig = int(sig.sum())
-    fig.suptitle(title or f"Mann-Whitney U per pixel: {n_sig} significant pixel(s) "
-                 f"(n={result.n_a} vs {result.n_b})", fontsize=9)
+    title = title or (f"Mann-Whitney U per pixel: {n_sig} significant pixel(s) "
+                      f"(n={result.n_a} vs {result.n_b})")
+    wrapped = textwrap.wrap(title, 90)
+    fig.suptitle("\n".join(wrapped), fontsize=9)
+    fig.subplots_adjust(top=max(0.5, 1 - (0.35 + 0.17 * len(wrapped)) / size[1]), bottom=0.05)
     return fig
 
 
