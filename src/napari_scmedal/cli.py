@@ -684,9 +684,19 @@ def _report_html(summary, table, panels, res, formats, model) -> str:
     rows = pd.DataFrame(metrics_rows(table))
     metrics_html = "<p>No metrics.</p>"
     if len(rows):
-        keep = rows[rows["metric"].isin(["asw", "inv_db", "ch"]) | rows["metric"].str.startswith("accuracy")]
-        pivot = keep.pivot_table(index=["latent", "grouping"], columns="metric", values="value", aggfunc="first")
+        names = {"asw": "ASW", "inv_db": "1/DB", "ch": "CH"}
+        sc = rows[rows["metric"].isin(list(names))].copy()
+        sc["metric"] = sc["metric"].map(names)
+        sc["latent"] = sc["latent"].str.upper()
+        pivot = sc.pivot_table(index="latent", columns=["grouping", "metric"], values="value", aggfunc="first")
         metrics_html = pivot.to_html(float_format=lambda v: f"{v:.3f}", classes="tbl")
+        cl = rows[rows["grouping"].str.startswith("classify:")]
+        if len(cl):
+            target = cl["grouping"].iloc[0].split(":", 1)[1]
+            acc = ", ".join(f"{k.upper()} {v:.3f}" for k, v in zip(cl["latent"], cl["value"]))
+            metrics_html += (f"<p>Random-forest classification of <code>{e(target)}</code> from the latents "
+                             f"({e(cl['metric'].iloc[0])}): {acc}. Every batch is seen in training, so this "
+                             "mostly measures batch recognition (METHOD.md section 4).</p>")
     t = summary["timings_s"]
     d = summary["data"]
     parts = [
@@ -705,9 +715,13 @@ def _report_html(summary, table, panels, res, formats, model) -> str:
         "wants high batch scores. Files: <code>metrics.csv</code>, <code>metrics.json</code>.</p>",
         metrics_html,
         "<h2>Genomaps</h2>",
-        "<p>Each pixel is a gene; co-expressed genes sit close together. Expression images share one colour "
+        "<p>Each pixel is a gene; co-expressed genes sit close together. Pixel values are per-gene z-scores "
+        "over a reference stack of cells in every version (METHOD.md section 5), so all panels share one colour "
         "scale; differences use a diverging scale centred on zero. The framed counterfactual is the row's own "
-        "batch. Red circles: the 10 genes varying most across the counterfactual batches.</p>",
+        "batch; <i>Counterfactual &rarr; b - Counterfactual &rarr; own batch</i> is the batch effect the model "
+        "attributes to moving the cells to batch b. Red circles: the 10 genes varying most across the "
+        "counterfactual batches. The arrays of every version (also <i>Counterfactual &rarr; b - Original</i>) "
+        "are in the <code>.npz</code> files.</p>",
         f"<h3>Overview: one row per cell line</h3><img src='genomap_overview.{img_ext}'>",
     ]
     for p in panels:
