@@ -168,6 +168,11 @@ def test_demo_fast_runs_everything(tmp_path):
     (["genomap", "{model}", "{data}", "--cells", "0", "--formats", "jpg", "--out", "{tmp}/g"], "format"),
     (["genomap", "{data}", "{data}", "--cells", "0", "--out", "{tmp}/g"], "model"),
     (["evaluate", "{model}", "{missing}", "--out", "{tmp}/e"], "does not exist"),
+    (["train", "{data}", "--batch-key", "batch", "--device", "gpu9", "--out", "{tmp}/m.safetensors"],
+     "Unknown --device"),
+    (["train", "{data}", "--batch-key", "batch", "--threads", "0", "--out", "{tmp}/m.safetensors"], "--threads"),
+    (["genomap", "{model}", "{data}", "--cells", "0", "--test", "CELseq2_3cl", "CELseq2_3cl", "--out", "{tmp}/g"],
+     "both groups"),
 ])
 def test_bad_input_gives_clear_message_and_nonzero_exit(tiny, tmp_path, capsys, argv, needle):
     data, model_path, a = tiny
@@ -230,3 +235,22 @@ def test_viewer_opens_only_with_a_display(monkeypatch, capsys):
     assert calls == []
     assert cli.maybe_open_viewer("A", "M", "C", con) is True
     assert calls == [("A", "M", "C")]
+
+
+def test_genomap_computes_and_writes_a_layout_when_the_model_has_none(tiny, tmp_path):
+    data, _, a = tiny
+    model = tmp_path / "nolayout.safetensors"
+    assert main(["train", str(data), "--batch-key", "batch", "--genes", "30", "--preset", "quick", "--epochs", "1",
+                 "--no-layout", "--out", str(model), "-q"]) == 0
+    from napari_scmedal.genomap import GenomapLayout
+    from napari_scmedal.model import ScMEDAL
+
+    assert ScMEDAL.load(model).layout is None
+    out = tmp_path / "g"
+    assert main(["genomap", str(model), str(data), "--group", "batch=Dropseq_3cl", "--scale", "zscore",
+                 "--batches", "Dropseq_3cl", "CELseq2_3cl", "--out", str(out), "-q"]) == 0
+    layout = GenomapLayout.from_dict(json.loads((out / "layout.json").read_text()))
+    assert tuple(layout.shape) == (5, 6) and layout.n_genes == 30  # smallest grid that fits
+    z = np.load(out / "genomaps.npz")
+    assert list(z["names"])[3:5] == ["Counterfactual -> Dropseq_3cl", "Counterfactual -> CELseq2_3cl"]
+    assert z["image_000"].shape == (1, *layout.shape)

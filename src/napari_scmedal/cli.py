@@ -156,6 +156,13 @@ def _setup_runtime(args) -> None:
 
         torch.set_num_threads(int(args.threads))
     np.random.seed(args.seed % (2**32))
+    if args.device is not None and args.device != "auto":
+        import torch
+
+        try:
+            torch.device(args.device)
+        except (RuntimeError, ValueError):
+            raise UsageError(f"Unknown --device {args.device!r}; use cpu, cuda, cuda:N, mps or auto.") from None
 
 
 class _TrainProgress:
