@@ -367,3 +367,19 @@ def test_one_cell_twenty_batches_is_fast():
     assert len(comp.batches) == 20 and comp.images[ORIGINAL].shape == (1, 54, 54)
     assert len(comp.names) == 3 + 20 + 1 + 40
     assert min(times) < 1.0, times
+
+
+def test_chunked_computation_equals_one_pass(small, monkeypatch):
+    import napari_scmedal.compare as cmp
+
+    a, m = small
+    cells = list(range(0, 40, 3))
+    full_rows = compare_cells(m, cells)
+    full_avg = compare_cells(m, cells, average=True)
+    monkeypatch.setattr(cmp, "_CHUNK_ROWS", 16)  # 2 cells per chunk
+    rows = compare_cells(m, cells)
+    avg = compare_cells(m, cells, average=True)
+    for n in full_rows.names:
+        np.testing.assert_allclose(rows.images[n], full_rows.images[n], atol=1e-6, equal_nan=True)
+        np.testing.assert_allclose(avg.images[n], full_avg.images[n], atol=1e-5, equal_nan=True)
+    assert rows.row_batches == full_rows.row_batches

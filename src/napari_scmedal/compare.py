@@ -56,6 +56,7 @@ RE_RECON = "RE reconstruction"
 FE_MINUS_ORIGINAL = "FE - Original"
 OWN_BATCH = "own batch"
 SCALES = ("log1p", "zscore")
+_CHUNK_ROWS = 65536  # model rows (cells x versions) computed at once
 
 
 def counterfactual_name(batch: str) -> str:
@@ -565,13 +566,11 @@ def compare_cells(
 
     sub = source[idx]
     recipe = model.recipe
-    v = _predict_versions(model, sub, batches)
-    own_codes = np.asarray(v["batch"], dtype=np.int64)
-    own_names = [all_batches[c] if 0 <= c < len(all_batches) else None for c in own_codes]
-    needs_own = any(n is not None and n not in batches for n in own_names)
-    if needs_own:
-        extra = sorted({n for n in own_names if n is not None and n not in batches})
-        v.update({k: val for k, val in _predict_versions(model, sub, extra).items() if k.startswith("cf:")})
+    # every batch needed: the targets, plus the cells' own batches (for "- own batch")
+    obs_batches = (
+        sub.obs[recipe.batch_key].astype(str).unique().tolist() if recipe.batch_key in sub.obs.columns else []
+    )
+    extra = [b for b in all_batches if b in obs_batches and b not in batches]
 
     if scale == "zscore":
         try:
@@ -585,26 +584,57 @@ def compare_cells(
         def tf(x):
             return np.asarray(x, dtype=np.float32)
 
-    # gene-space versions (n_cells, n_genes) in layout order
-    def g(x):
+    def g(x):  # gene-space versions (n_cells, n_genes) in layout order
         return tf(np.asarray(x, dtype=np.float32))[:, cols]
 
-    orig = g(v["original"])
-    fe = g(v["fe"])
-    re_ = g(v["re"])
-    cfs = {b: g(v[f"cf:{b}"]) for b in batches}
-    cf_own = np.empty_like(orig)
-    for i, n in enumerate(own_names):
-        cf_own[i] = g(v[f"cf:{n}"][i : i + 1])[0] if n is not None else np.nan
+    def versions(chunk):
+        v = _predict_versions(model, chunk, batches + extra)
+        codes = np.asarray(v["batch"], dtype=np.int64)
+        own = [all_batches[c] if 0 <= c < len(all_batches) else None for c in codes]
+        missing = sorted({n for n in own if n is not None and f"cf:{n}" not in v})
+        if missing:  # the batch column disagreed with the recipe's codes: compute what is missing
+            v.update({k: x for k, x in _predict_versions(model, chunk, missing).items() if k.startswith("cf:")})
+        orig, fe, re_ = g(v["original"]), g(v["fe"]), g(v["re"])
+        cfs = {b: g(v[f"cf:{b}"]) for b in batches}
+        cf_own = np.full_like(orig, np.nan)
+        for n in set(o for o in own if o is not None):
+            rows_n = np.flatnonzero(np.array([o == n for o in own]))
+            cf_own[rows_n] = cfs[n][rows_n] if n in cfs else g(v[f"cf:{n}"][rows_n])
+        gs = {ORIGINAL: orig, FE_RECON: fe, RE_RECON: re_}
+        for b in batches:
+            gs[counterfactual_name(b)] = cfs[b]
+        ds = {FE_MINUS_ORIGINAL: fe - orig}
+        for b in batches:
+            ds[cf_minus_original_name(b)] = cfs[b] - orig
+        for b in batches:
+            ds[cf_minus_own_name(b)] = cfs[b] - cf_own
+        return gs, ds, own
 
-    gene_space: dict[str, np.ndarray] = {ORIGINAL: orig, FE_RECON: fe, RE_RECON: re_}
-    for b in batches:
-        gene_space[counterfactual_name(b)] = cfs[b]
-    diffs: dict[str, np.ndarray] = {FE_MINUS_ORIGINAL: fe - orig}
-    for b in batches:
-        diffs[cf_minus_original_name(b)] = cfs[b] - orig
-    for b in batches:
-        diffs[cf_minus_own_name(b)] = cfs[b] - cf_own
+    # cells in chunks so memory stays bounded (averages are accumulated, not stacked)
+    chunk_size = max(1, _CHUNK_ROWS // max(1, len(batches) + len(extra) + 3))
+    gene_space: dict[str, np.ndarray] = {}
+    diffs: dict[str, np.ndarray] = {}
+    own_names: list[str | None] = []
+    parts_g: list[dict] = []
+    parts_d: list[dict] = []
+    for start in range(0, len(idx), chunk_size):
+        chunk = sub[start:start + chunk_size] if len(idx) > chunk_size else sub
+        gs, ds, own = versions(chunk)
+        own_names.extend(own)
+        if average:
+            for k, x in gs.items():
+                gene_space[k] = gene_space.get(k, 0.0) + x.astype(np.float64).sum(axis=0, keepdims=True)
+            for k, x in ds.items():
+                diffs[k] = diffs.get(k, 0.0) + x.astype(np.float64).sum(axis=0, keepdims=True)
+        else:
+            parts_g.append(gs)
+            parts_d.append(ds)
+    if average:
+        gene_space = {k: (x / len(idx)).astype(np.float32) for k, x in gene_space.items()}
+        diffs = {k: (x / len(idx)).astype(np.float32) for k, x in diffs.items()}
+    else:
+        gene_space = {k: np.concatenate([p[k] for p in parts_g]) for k in parts_g[0]}
+        diffs = {k: np.concatenate([p[k] for p in parts_d]) for k in parts_d[0]}
 
     obs = sub.obs
     names = list(map(str, sub.obs_names))
@@ -616,8 +646,6 @@ def compare_cells(
         obs[label_key].astype(str).tolist() if label_key is not None and label_key in obs.columns else [None] * len(names)
     )
     if average:
-        gene_space = {k: x.mean(axis=0, keepdims=True) for k, x in gene_space.items()}
-        diffs = {k: x.mean(axis=0, keepdims=True) for k, x in diffs.items()}
         rb = [_single_or_none(batch_vals)]
         rl = [_single_or_none(label_vals) if label_vals[0] is not None else None]
         if group_name is None:
