@@ -40,7 +40,7 @@ from ._layout import GEOMETRIES, GenomapLayout, _check_shape, square_shape
 
 __all__ = ["compute_layout", "gene_correlation", "radial_rings", "pixel_coordinates"]
 
-# rows converted to dense float64 at a time while accumulating the gene-gene covariance
+# rows converted to dense float32 at a time while accumulating the gene-gene covariance
 _CORR_CHUNK_ELEMENTS = 8_000_000
 _EMD_MAX_ITER = 100_000_000
 
@@ -73,30 +73,38 @@ def gene_correlation(X) -> np.ndarray:
     if m < 2:
         raise LayoutError(f"A genomap layout needs at least 2 cells to correlate genes, got {m}. "
                           "Pass more cells.")
-    if sp.issparse(X):
+    sparse = sp.issparse(X)
+    if sparse:
         data = X.data
         if data.size and not np.all(np.isfinite(data)):
             raise LayoutError("X contains NaN or infinite values; genomap layouts need finite expression. "
                               "Remove or impute those values (e.g. np.nan_to_num) first.")
-    chunk = max(1, _CORR_CHUNK_ELEMENTS // max(n, 1))
-    s = np.zeros(n)
-    G = np.zeros((n, n))
-    for start in range(0, m, chunk):
-        block = X[start:start + chunk]
-        block = block.toarray() if sp.issparse(block) else np.asarray(block)
-        block = block.astype(np.float64, copy=False)
-        if not sp.issparse(X) and not np.all(np.isfinite(block)):
+        mu = np.asarray(X.sum(0, dtype=np.float64)).ravel() / m
+    else:
+        if not np.all(np.isfinite(X)):
             raise LayoutError("X contains NaN or infinite values; genomap layouts need finite expression. "
                               "Remove or impute those values (e.g. np.nan_to_num) first.")
-        s += block.sum(0)
-        G += block.T @ block
-    mu = s / m
-    cov = G / m - np.outer(mu, mu)
+        mu = X.sum(0, dtype=np.float64) / m
+    # centred Gram in float32 (half the cost of float64, ample precision for a layout), in row
+    # chunks so that sparse or very tall inputs never become one dense copy; dense and sparse
+    # inputs take the same arithmetic path and give identical layouts
+    chunk = max(1, _CORR_CHUNK_ELEMENTS // max(n, 1))
+    cov = np.zeros((n, n), dtype=np.float32)
+    mu32 = mu.astype(np.float32)
+    for start in range(0, m, chunk):
+        block = X[start:start + chunk]
+        block = block.toarray() if sparse else block
+        block = np.asarray(block, dtype=np.float32) - mu32
+        cov += block.T @ block
+    cov = cov.astype(np.float64)
+    cov /= m
     var = np.clip(np.diag(cov).copy(), 0.0, None)
     # zero variance up to round-off of the one-pass formula
     const = var <= 1e-12 * np.maximum(1.0, mu * mu)
     sd = np.sqrt(np.where(const, 1.0, var))
-    R = cov / sd[:, None] / sd[None, :]
+    R = cov
+    R /= sd[:, None]
+    R /= sd[None, :]
     R[const, :] = 0.0
     R[:, const] = 0.0
     np.clip(R, -1.0, 1.0, out=R)
@@ -144,7 +152,9 @@ def _spectral_embedding(R: np.ndarray, seed: int) -> np.ndarray:
     if n == 1:
         return np.zeros((1, 2))
     mr = R.mean(0)
-    Rc = R - mr[None, :] - mr[:, None] + mr.mean()
+    Rc = R - mr[None, :]
+    Rc -= mr[:, None]
+    Rc += mr.mean()
     k = min(2, n)
     if n <= 600:
         w, V = np.linalg.eigh(Rc)
@@ -187,19 +197,31 @@ def _rasterise(emb: np.ndarray, rows: int, cols: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- euclidean GW
-def _emd_assignment(cost: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
-    """Exact min-cost assignment of rows (supply 1 each) to columns (capacity ``b``), with POT."""
+def _emd_assignment(cost: np.ndarray, b: np.ndarray | None = None, warm=None, scale=None):
+    """Exact min-cost assignment of rows (supply 1 each) to columns (capacity ``b``), with POT.
+
+    ``cost`` is overwritten. ``warm``: dual potentials of a previous, similar problem (same
+    ``scale``) to warm-start the network simplex. Returns (column of each row, duals, scale).
+    """
     import ot
 
     n, k = cost.shape
-    lo, hi = float(cost.min()), float(cost.max())
+    if scale is None:
+        lo, hi = float(cost.min()), float(cost.max())
+        scale = (lo, hi - lo if hi > lo else 1.0)
     # POT's network simplex is most reliable on a non-negative, unit-range cost
-    c = (cost - lo) / (hi - lo) if hi > lo else np.zeros_like(cost)
+    c = cost
+    c -= scale[0]
+    c /= scale[1]
     a = np.ones(n)
     b = np.ones(k) if b is None else np.asarray(b, dtype=np.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        S, log = ot.emd(a, b, np.ascontiguousarray(c), numItermax=_EMD_MAX_ITER, log=True)
+        kw = {"potentials_init": warm} if warm is not None else {}
+        try:
+            S, log = ot.emd(a, b, c, numItermax=_EMD_MAX_ITER, log=True, **kw)
+        except TypeError:  # POT without potentials_init
+            S, log = ot.emd(a, b, c, numItermax=_EMD_MAX_ITER, log=True)
     choice = S.argmax(1)
     ok = np.allclose(S[np.arange(n), choice], 1.0) and (log.get("warning") is None)
     if not ok or (b is not None and np.any(np.bincount(choice, minlength=k) > np.rint(b))):
@@ -209,7 +231,8 @@ def _emd_assignment(cost: np.ndarray, b: np.ndarray | None = None) -> np.ndarray
         cols = np.repeat(np.arange(k), np.rint(b).astype(np.int64))
         _, j = linear_sum_assignment(c[:, cols])
         choice = cols[j]
-    return choice
+        return choice, None, scale
+    return choice, (log["u"], log["v"]), scale
 
 
 def _gw_euclidean(R: np.ndarray, P: np.ndarray, perm: np.ndarray, max_iter: int, tol: float):
@@ -230,10 +253,13 @@ def _gw_euclidean(R: np.ndarray, P: np.ndarray, perm: np.ndarray, max_iter: int,
     f, U = objective(perm)
     history = [f]
     it = 0
+    warm = scale = None
     for it in range(1, max_iter + 1):
         # linearised cost of gene i at pixel j (up to per-gene constants and a factor 2)
-        cost = -c[:, None] * q[None, :] + 2.0 * (U @ P.T)
-        new = _emd_assignment(cost)
+        cost = U @ P.T
+        cost *= 2.0
+        cost -= c[:, None] * q[None, :]
+        new, warm, scale = _emd_assignment(cost, warm=warm, scale=scale)
         if np.array_equal(new, perm):
             it -= 1
             break
@@ -265,7 +291,7 @@ def _radial_iteration(C1: np.ndarray, ring_values: np.ndarray, sizes: np.ndarray
     c = C1.sum(1)
     # iteration 1 from the uniform coupling: tens_ij = -c_i * sum_l L[j, l] / n^2
     cost = -c[:, None] * (L @ sizes)[None, :]
-    state = _emd_assignment(cost, sizes)
+    state = _emd_assignment(cost, sizes)[0]
     seen = {state.tobytes(): 1}
     states = [None, state]
     k = 1
@@ -278,7 +304,7 @@ def _radial_iteration(C1: np.ndarray, ring_values: np.ndarray, sizes: np.ndarray
         nz = counts > 0
         A[:, nz] = np.add.reduceat(C1[:, order], starts[nz], axis=1)   # A = C1 @ onehot(state)
         cost = -(A @ L.T)
-        new = _emd_assignment(cost, sizes)
+        new = _emd_assignment(cost, sizes)[0]
         k += 1
         if np.array_equal(new, state):
             stop = ("converged", k - 1)
