@@ -61,7 +61,7 @@ def test_top_genes_table_per_cell_and_errors():
     t = top_genes_table(stack, layout=_grid(5, 5), n=10, row_names=["a", "b", "c"])
     assert list(t.columns) == ["cell", "rank", "gene", "row", "col", "std"]
     assert len(t) == 30 and list(t["cell"].unique()) == ["a", "b", "c"]
-    for name, sub in t.groupby("cell"):
+    for _, sub in t.groupby("cell"):
         assert list(sub["rank"]) == list(range(1, 11))
         assert (np.diff(sub["std"].to_numpy()) <= 0).all()
     with pytest.raises(DataError, match="at least two target batches"):
@@ -155,7 +155,7 @@ def _synthetic_comparison(n_cells=8, batches=("b0", "b1", "b2", "b3"), shape=(6,
     rng = np.random.default_rng(seed)
     base = rng.normal(size=(n_cells, *shape)).astype(np.float32)
     images, kinds = {"Original": base}, {"Original": "expression"}
-    for i, b in enumerate(batches):
+    for b in batches:
         img = base + rng.normal(0, 0.3, size=base.shape).astype(np.float32)
         if effect is not None and b in ("b2", "b3"):
             img[:, effect] += 2.0

@@ -512,7 +512,6 @@ DEMO_FAST = {"n_genes": 64, "epochs": 2, "cells": 240, "mwu_cells": 60, "top_cel
 
 
 def cmd_demo(args, con: _Console) -> int:
-    import numpy as np
     import pandas as pd
 
     from .analysis import top_genes_table, write_csv

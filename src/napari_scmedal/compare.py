@@ -148,7 +148,7 @@ class Comparison:
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Arrays with file-safe keys (for ``np.savez``), plus ``names``/``kinds``."""
         out: dict[str, np.ndarray] = {}
-        for i, (name, img) in enumerate(self.images.items()):
+        for i, img in enumerate(self.images.values()):
             out[f"image_{i:03d}"] = img
         out["names"] = np.array(self.names, dtype=str)
         out["kinds"] = np.array([self.kinds[n] for n in self.names], dtype=str)
