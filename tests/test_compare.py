@@ -336,6 +336,9 @@ def test_real_model_versions_match_the_public_api(real):
     ref = m.layout.project(m.get_reconstruction("fe", adata=sub)[:, cols])
     np.testing.assert_allclose(comp.images[FE_RECON], ref, atol=1e-4)
     assert comp.row_batches == list(sub.obs["batch"].astype(str))
+    # the counterfactual to a cell's own batch is its RE reconstruction
+    for i, b in enumerate(comp.row_batches):
+        np.testing.assert_allclose(comp.images[counterfactual_name(b)][i], comp.images[RE_RECON][i], atol=1e-5)
     assert comp.row_labels == list(sub.obs["cell_line"].astype(str))
     # a new AnnData: cells chosen by name from the user's object
     comp2 = compare_cells(m, [a.obs_names[5]], adata=a, target_batches=["Dropseq_3cl"])
