@@ -30,6 +30,9 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--genes", type=int, default=2916)
+    ap.add_argument("--save-model", help="also save the trained model here")
+    ap.add_argument("--load-model", help="development only: load this model instead of training "
+                    "(the training screenshots then show loading)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -80,7 +83,10 @@ def main(argv=None):
     mw.preset_combo.setCurrentText("quick")
     mw.epochs_spin.setValue(args.epochs)
     mw.threads_spin.setValue(args.threads)
-    mw.start_training()
+    if args.load_model:
+        mw.load_model(args.load_model)
+    else:
+        mw.start_training()
     t0 = time.monotonic()
     while mw.busy and not mw.loss_canvas.curves.get("re") and time.monotonic() - t0 < 900:
         pump(0.2)
@@ -88,6 +94,8 @@ def main(argv=None):
     mw.loss_canvas.redraw(force=True)
     shot("02_training.png")
     wait(mw, "training")
+    if args.save_model:
+        mw.save_model(args.save_model)
     viewer.reset_view()
     shot("03_latents_and_metrics.png")
 
@@ -130,8 +138,13 @@ def main(argv=None):
     viewer.window.remove_dock_widget(dock)
     dock, xw = viewer.window.add_plugin_dock_widget("napari-scmedal", "Export figure")
     xw.refresh()
-    xw.width_spin.setValue(12.0)
-    xw.height_spin.setValue(3.2)
+    keep = ("Original", "FE reconstruction")
+    for i in range(xw.columns_list.count()):
+        it = xw.columns_list.item(i)
+        it.setSelected(it.text() in keep or (it.text().startswith("Counterfactual -> ")
+                                             and " - " not in it.text()))
+    xw.width_spin.setValue(14.0)
+    xw.height_spin.setValue(3.0)
     xw.dpi_spin.setValue(150)
     xw.title_edit.setText("H1975, Drop-seq: original, FE and counterfactuals")
     xw.export(str(out / "07_exported_panel.png"))

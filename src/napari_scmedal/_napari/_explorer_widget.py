@@ -399,7 +399,7 @@ class GenomapExplorer(QWidget):
         return worker
 
     # ------------------------------------------------------------------ layers
-    def _block_origin(self):
+    def _block_origin(self, tile_width):
         if self._origin is not None and any(ly in self.viewer.layers for ly in self.layers.values()):
             return self._origin
         right, top = 0.0, 0.0
@@ -407,7 +407,7 @@ class GenomapExplorer(QWidget):
         if others:
             right = max(ly.extent.world[1][-1] for ly in others)
             top = min(ly.extent.world[0][-2] for ly in others)
-            right += 40
+            right += 3 * (tile_width + TILE_GAP)  # room for the row titles
         self._origin = (top + 20, right)
         return self._origin
 
@@ -421,7 +421,7 @@ class GenomapExplorer(QWidget):
         R, C = comp.shape
         n = comp.n_rows
         band_h = n * (R + ROW_GAP) - ROW_GAP
-        y0, x0 = self._block_origin()
+        y0, x0 = self._block_origin(C)
         pos = tile_positions(comp)
         layout = comp.layout
         first = not any(ly in self.viewer.layers for ly in self.layers.values())
@@ -483,8 +483,11 @@ class GenomapExplorer(QWidget):
         for name in comp.names:
             band, col = pos[name]
             if band == 0 or col < 3:
-                pts.append((y0 + band * (band_h + BAND_GAP) - 3, x0 + col * (C + TILE_GAP) + C / 2))
-                texts.append(short_title(name, comp))
+                title = short_title(name, comp)
+                # long titles (batch names) of neighbouring tiles are staggered so they do not overlap
+                lift = 5 if (band == 0 and col >= 3 and col % 2 == 0 and len(title) * 5 > C + TILE_GAP) else 0
+                pts.append((y0 + band * (band_h + BAND_GAP) - 3 - lift, x0 + col * (C + TILE_GAP) + C / 2))
+                texts.append(title)
         self._replace_layer(
             TITLES_LAYER, self.viewer.add_points, np.array(pts, dtype=float),
             size=0.01, face_color="transparent", border_width=0, features={"title": texts},
@@ -538,7 +541,7 @@ class GenomapExplorer(QWidget):
                 TOP_LAYER, self.viewer.add_points, np.array(pts, dtype=float), size=2.2,
                 face_color="transparent", border_color="white", border_width=0.15,
                 features={"gene": labels},
-                text={"string": "{gene}", "size": 7, "color": "white", "anchor": "upper_left",
+                text={"string": "{gene}", "size": 6, "color": "white", "anchor": "upper_left",
                       "translation": [-1.5, 1.5]},
             )
         elif TOP_LAYER in self.viewer.layers:
@@ -584,8 +587,13 @@ class GenomapExplorer(QWidget):
         if info is None:
             return
         gene = info["gene"] or "(empty pixel)"
-        vals = "; ".join(f"{short_title(k, self.comparison)} {v:.2f}" for k, v in info["values"].items()
-                         if np.isfinite(v))
-        text = f"{gene} at pixel {info['pixel']} - {info['row_title']}: {vals}"
+        comp = self.comparison
+        lines = [f"{gene} at pixel {info['pixel']}, {info['row_title']}"]
+        for kind in ("expression", "difference"):
+            vals = ", ".join(f"{short_title(k, comp)} {v:.2f}" for k, v in info["values"].items()
+                             if comp.kinds[k] == kind and np.isfinite(v))
+            if vals:
+                lines.append(f"{kind}: {vals}")
+        text = "\n".join(lines)
         self.hover_label.setText(text)
         viewer.status = f"{gene} | {info['image']}: {info['values'][info['image']]:.3f}"
