@@ -190,6 +190,12 @@ def test_projection_equals_a_naive_loop(blocks, block_layout):
     part = compute_layout(X[:, :77], shape=(9, 9))
     Z = rng.standard_normal((5, 77))
     np.testing.assert_array_equal(part.project(Z, chunk_size=2), _naive_project(part, Z))
+    buf = np.zeros((7, 10, 10), dtype=np.float32)
+    res = block_layout.project(Y, out=buf)
+    np.testing.assert_array_equal(buf, _naive_project(block_layout, Y))
+    assert np.shares_memory(res, buf)
+    with pytest.raises(LayoutError, match="float32"):
+        block_layout.project(Y, out=np.zeros((7, 10, 10)))
     one = block_layout.project(Y[0])
     assert one.shape == (1, 10, 10)
     np.testing.assert_array_equal(block_layout.values_at_pixels(block_layout.project(Y)), Y)

@@ -133,12 +133,14 @@ class GenomapLayout:
         return self._index[str(gene)]
 
     # -------------------------------------------------------------- projection
-    def project(self, X, chunk_size: int | None = None) -> np.ndarray:
+    def project(self, X, chunk_size: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
         """Scatter each row of ``X`` (cells x the layout's genes, in ``genes`` order) into an image.
 
         Returns a float32 array of shape ``(n_cells, rows, cols)``; empty pixels are NaN. Values are
         copied unchanged (no rescaling). Dense arrays and scipy sparse matrices are accepted; sparse
-        or very large inputs are converted in row chunks of ``chunk_size`` rows.
+        or very large inputs are converted in row chunks of ``chunk_size`` rows. ``out``: an optional
+        C-contiguous float32 array of shape ``(n_cells, rows, cols)`` to write into (reused buffers
+        avoid the cost of fresh memory when projecting many batches).
         """
         if sp.issparse(X):
             X = X.tocsr()
@@ -157,7 +159,13 @@ class GenomapLayout:
         # gene index for every pixel (0 for empty ones, overwritten with NaN afterwards)
         src = np.where(self.grid.ravel() >= 0, self.grid.ravel(), 0).astype(np.intp)
         empty = np.flatnonzero(~self.mask.ravel())
-        out = np.empty((n, npix), dtype=np.float32)
+        if out is None:
+            out = np.empty((n, npix), dtype=np.float32)
+        else:
+            if (not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != (n, rows, cols)
+                    or not out.flags.c_contiguous):
+                raise LayoutError(f"out must be a C-contiguous float32 array of shape {(n, rows, cols)}.")
+            out = out.reshape(n, npix)
         if chunk_size is None:
             chunk_size = max(1, _PROJECT_CHUNK_ELEMENTS // max(npix, 1))
         chunk_size = max(1, int(chunk_size))
