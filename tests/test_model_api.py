@@ -291,3 +291,15 @@ def test_user_adata_is_not_modified(syn):
     m.train(max_epochs=1)
     assert (syn.X != before.X).nnz == 0 if hasattr(syn.X, "nnz") else np.array_equal(syn.X, before.X)
     assert list(syn.obs.columns) == list(before.obs.columns) and not syn.obsm.keys() - before.obsm.keys()
+
+
+def test_predict_versions_matches_the_per_version_api(trained, syn):
+    sub = syn[syn.obs_names[:30]].copy()
+    v = trained.predict_versions(sub, ["batch1", 2] if "batch1" in trained.batches else [1, 2])
+    keys = [k for k in v if k.startswith("cf:")]
+    assert len(keys) == 2
+    np.testing.assert_allclose(v["re"], trained.get_reconstruction("re", adata=sub), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(v["fe"], trained.get_reconstruction("fe", adata=sub), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(v[keys[1]], trained.get_counterfactual_expression(2, adata=sub), rtol=1e-5,
+                               atol=1e-5)
+    assert v["original"].shape == (30, 250) and v["batch"].shape == (30,)

@@ -341,6 +341,35 @@ class ScMEDAL:
         out = self._run("re", self._prepare(adata), "recon", z_override=z, batch_size=int(batch_size))
         return out if scaled else self.recipe.unscale(out).astype(np.float32, copy=False)
 
+    def predict_versions(self, adata=None, batches=None) -> dict:
+        """Every version of the cells at once (preprocessing done once, one stacked RE pass):
+        ``{"original": X_log, "fe": FE recon, "re": RE recon, "batch": codes, "cf:<b>": counterfactual
+        to batch b for each b in batches}``; expression in log1p units, ``(n_cells, n_genes)`` each."""
+        self._check_kind("fe", ("fe",))
+        self._check_kind("re", ("re",))
+        prep = self._prepare(adata)
+        unscale = self.recipe.unscale
+        out = {"original": np.asarray(prep.X_log, dtype=np.float32),
+               "fe": unscale(self._run("fe", prep, "recon")).astype(np.float32, copy=False),
+               "re": unscale(self._run("re", prep, "recon")).astype(np.float32, copy=False),
+               "batch": np.asarray(prep.batch)}
+        batches = list(batches or [])
+        if batches:
+            codes = [self._batch_index(b) for b in batches]
+            n, nb = prep.X.shape[0], len(self.batches)
+            onehot = np.zeros((len(codes) * n, nb), dtype=np.float32)
+            for k, c in enumerate(codes):
+                onehot[k * n:(k + 1) * n, c] = 1.0
+
+            class _Stack:
+                X = np.tile(np.asarray(prep.X, dtype=np.float32), (len(codes), 1))
+                batch_onehot = onehot
+
+            cf = unscale(self._run("re", _Stack, "recon")).astype(np.float32, copy=False)
+            for k, b in enumerate(batches):
+                out[f"cf:{b}"] = cf[k * n:(k + 1) * n]
+        return out
+
     # ------------------------------------------------------------------ AnnData
     def summary(self) -> dict:
         """JSON-safe description: genes, batches, labels, keys, preset, config, trained kinds, versions."""
