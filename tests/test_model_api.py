@@ -303,3 +303,20 @@ def test_predict_versions_matches_the_per_version_api(trained, syn):
     np.testing.assert_allclose(v[keys[1]], trained.get_counterfactual_expression(2, adata=sub), rtol=1e-5,
                                atol=1e-5)
     assert v["original"].shape == (30, 250) and v["batch"].shape == (30,)
+
+
+def test_paper_preset_is_the_method_defaults(syn):
+    from napari_scmedal.model import PRESETS
+
+    p = PRESETS["paper"]
+    assert (p["lr"], p["batch_size"], p["max_epochs"], p["patience"]) == (1e-4, 512, 500, 30)
+    assert (p["hidden"], p["latent"], p["bn_momentum"], p["adam_eps"]) == ([512, 132], 50, 0.01, 1e-7)
+    assert (p["fe_w_recon"], p["fe_w_adv"]) == (1000.0, 1.0)
+    assert (p["fec_w_recon"], p["fec_w_adv"], p["fec_w_class"]) == (2000.0, 0.5, 3.0)
+    assert (p["re_w_recon"], p["re_w_batch"], p["kl_weight"], p["prior_sd"]) == (110.0, 0.1, 1e-5, 0.25)
+    assert p["adv_bound"] is None and p["kl_estimator"] == "sample"
+    assert 600 <= PRESETS["quick"]["fe_w_recon"] <= 4000
+    m = sm.ScMEDAL(syn, batch_key="batch", n_genes=250, preset="paper", threads=1)
+    bn = m.nets["re"].decoder.re_out.bn
+    assert bn.momentum == pytest.approx(0.01) and bn.eps == pytest.approx(1e-3)
+    assert [lin.out_features for lin in m.nets["fe"].encoder.linears] == [512, 132]
