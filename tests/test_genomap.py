@@ -166,6 +166,10 @@ def test_gene_names_and_shape_checks(blocks):
         compute_layout(X, shape=(10, 10), geometry="hexagonal")
     lay = compute_layout(X[:, :30], shape=None)
     assert lay.shape == (6, 6)
+    wide = compute_layout(X, shape=(5, 21))                 # wide grid, last row partly empty
+    assert wide.mask.sum() == 100 and wide.mask.ravel()[:100].all()
+    tall = compute_layout(X, shape=(21, 5), geometry="radial")
+    assert tall.mask.sum() == 100 and tall.mask.T.ravel()[:100].all()
 
 
 # ------------------------------------------------------------------------------------------ projection

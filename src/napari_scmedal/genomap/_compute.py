@@ -152,18 +152,25 @@ def _spectral_embedding(R: np.ndarray, seed: int) -> np.ndarray:
     if n == 1:
         return np.zeros((1, 2))
     mr = R.mean(0)
-    Rc = R - mr[None, :]
-    Rc -= mr[:, None]
-    Rc += mr.mean()
+    mm = mr.mean()
     k = min(2, n)
     if n <= 600:
+        Rc = R - mr[None, :]
+        Rc -= mr[:, None]
+        Rc += mm
         w, V = np.linalg.eigh(Rc)
         w, V = w[::-1][:k], V[:, ::-1][:, :k]
     else:
-        from scipy.sparse.linalg import eigsh
+        from scipy.sparse.linalg import LinearOperator, eigsh
 
+        def matmat(V):  # double-centred R times V without forming the centred matrix
+            V = V.reshape(n, -1)
+            s = V.sum(0)
+            return R @ V - np.outer(mr, s) - (mr @ V)[None, :] + mm * s[None, :]
+
+        op = LinearOperator((n, n), matvec=matmat, matmat=matmat, dtype=np.float64)
         v0 = np.random.default_rng(seed).standard_normal(n)
-        w, V = eigsh(Rc, k=k, which="LA", v0=v0, tol=1e-8)
+        w, V = eigsh(op, k=k, which="LA", v0=v0, tol=1e-8)
         order = np.argsort(-w, kind="stable")
         w, V = w[order], V[:, order]
     # deterministic sign: the largest-magnitude entry of each eigenvector is positive
@@ -238,28 +245,27 @@ def _emd_assignment(cost: np.ndarray, b: np.ndarray | None = None, warm=None, sc
 def _gw_euclidean(R: np.ndarray, P: np.ndarray, perm: np.ndarray, max_iter: int, tol: float):
     """Conditional gradient on permutations for ``f = -tr(C1 T D2 T^T)`` (see module docstring)."""
     n = R.shape[0]
-    C1 = 1.0 - R
-    c = C1.sum(1)
+    # C1 = 1 - R is never formed: C1 @ V = 1 (1^T V) - R @ V
+    c = n - R.sum(1)
     P = P - P.mean(0)
-    scale = float(np.abs(P).max()) or 1.0
-    P = P / scale
+    P = P / (float(np.abs(P).max()) or 1.0)
     q = (P * P).sum(1)
+    PQ = np.column_stack([P, q])            # pixel features (n, 3)
 
     def objective(pm):
         Pp = P[pm]
-        U = C1 @ Pp
+        U = Pp.sum(0)[None, :] - R @ Pp     # C1 @ Pp
         return -(2.0 * c @ q[pm] - 2.0 * np.sum(Pp * U)), U
 
     f, U = objective(perm)
     history = [f]
     it = 0
-    warm = scale = None
+    warm = emd_scale = None
     for it in range(1, max_iter + 1):
-        # linearised cost of gene i at pixel j (up to per-gene constants and a factor 2)
-        cost = U @ P.T
-        cost *= 2.0
-        cost -= c[:, None] * q[None, :]
-        new, warm, scale = _emd_assignment(cost, warm=warm, scale=scale)
+        # linearised cost of gene i at pixel j, up to per-gene constants and a factor 2:
+        # 2 U_i . p_j - c_i |p_j|^2, one (n, 3) x (3, n) product
+        cost = np.column_stack([2.0 * U, -c]) @ PQ.T
+        new, warm, emd_scale = _emd_assignment(cost, warm=warm, scale=emd_scale)
         if np.array_equal(new, perm):
             it -= 1
             break
