@@ -339,3 +339,23 @@ def test_export_writes_the_requested_size(make_napari_viewer, qtbot, trained, tm
     xw.export(str(tmp_path / "panel.bmp"))
     qtbot.waitUntil(lambda: not xw.busy, timeout=TIMEOUT_MS)
     assert ".png" in xw.last_error
+
+
+# ---------------------------------------------------------------------------------------------- launcher
+def test_open_viewer_shows_model_latents_and_comparison(qtbot, trained):
+    from napari_scmedal._napari.launch import open_viewer
+    from napari_scmedal.compare import compare_cells
+
+    model, adata = trained
+    comp = compare_cells(model, [0, 1], adata=adata)
+    viewer = open_viewer(adata, model, comp, block=False, show=False)
+    try:
+        assert viewer.layers["cells"].metadata["scmedal_model"] is model
+        assert viewer.layers["genomap | Original"].data.shape == (34, 16)
+        qtbot.waitUntil(lambda: "cells | RE latent" in viewer.layers, timeout=TIMEOUT_MS)
+    finally:
+        from superqt.utils import WorkerBase
+
+        WorkerBase.await_workers(TIMEOUT_MS)  # metrics may still run: let them finish first
+        qtbot.wait(300)
+        viewer.close()

@@ -459,6 +459,18 @@ class ModelWidget(QWidget):
         return self._run(_load, lambda model: self._on_model_ready(model, layer, f"loaded from {path}"))
 
     # ------------------------------------------------------------------ results
+    def set_model(self, model, layer_name=None, how="provided"):
+        """Use an already trained or loaded ``model`` with the cells layer ``layer_name`` (default: the
+        chosen one): adds its latent layers and (if checked) computes its metrics."""
+        if layer_name is not None:
+            self._refresh_layers()
+            self.layer_combo.setCurrentText(layer_name)
+        layer = self.cells_layer()
+        if layer is None:
+            notify_error(ValueError("No cells layer to attach the model to: open the data first."), self)
+            return
+        self._on_model_ready(model, layer, how)
+
     def _on_model_ready(self, model, layer, how):
         self.model = model
         self.model_layer = layer
