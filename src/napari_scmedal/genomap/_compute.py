@@ -298,6 +298,7 @@ def _radial_iteration(C1: np.ndarray, ring_values: np.ndarray, sizes: np.ndarray
     # iteration 1 from the uniform coupling: tens_ij = -c_i * sum_l L[j, l] / n^2
     cost = -c[:, None] * (L @ sizes)[None, :]
     state = _emd_assignment(cost, sizes)[0]
+    warm = emd_scale = None
     seen = {state.tobytes(): 1}
     states = [None, state]
     k = 1
@@ -310,7 +311,8 @@ def _radial_iteration(C1: np.ndarray, ring_values: np.ndarray, sizes: np.ndarray
         nz = counts > 0
         A[:, nz] = np.add.reduceat(C1[:, order], starts[nz], axis=1)   # A = C1 @ onehot(state)
         cost = -(A @ L.T)
-        new = _emd_assignment(cost, sizes)[0]
+        # warm start from the previous step's duals (one cost scale for all steps)
+        new, warm, emd_scale = _emd_assignment(cost, sizes, warm=warm, scale=emd_scale)
         k += 1
         if np.array_equal(new, state):
             stop = ("converged", k - 1)
@@ -367,7 +369,8 @@ def compute_layout(X, shape=(54, 54), genes: Sequence[str] | None = None, geomet
         With fewer genes than pixels the genes take the first ``n_genes`` pixels (row-major for
         ``"euclidean"``, the genomap package's column-major order for ``"radial"``); the other pixels
         stay empty (masked, NaN in :meth:`GenomapLayout.project`).
-    genes : gene names in the column order of ``X`` (default ``"gene0", "gene1", ...``).
+    genes : gene names in the column order of ``X`` (default: an AnnData's ``var_names``, else
+        ``"gene0", "gene1", ...``).
     geometry : ``"euclidean"`` (true 2-D neighbourhoods) or ``"radial"`` (the genomap package's rings).
     seed : seeds the eigen-solver's start vector; the result is a deterministic function of
         ``(X, shape, geometry, seed, max_iter, tol)``.
@@ -378,6 +381,8 @@ def compute_layout(X, shape=(54, 54), genes: Sequence[str] | None = None, geomet
     if geometry not in GEOMETRIES:
         raise LayoutError(f"Unknown geometry {geometry!r}; use 'euclidean' (true 2-D distances) or "
                           "'radial' (compatible with the genomap package).")
+    if genes is None and hasattr(X, "var_names") and hasattr(X, "X"):  # AnnData: its gene names
+        genes = [str(g) for g in X.var_names]
     Xm = _as_matrix(X)
     if Xm.ndim != 2:
         raise LayoutError(f"X must be a 2-D cells x genes matrix, got shape {getattr(Xm, 'shape', None)}.")
