@@ -240,8 +240,9 @@ class GenomapExplorer(QWidget):
                 combo.setCurrentText(cur)
             combo.blockSignals(False)
         for ly in cells_layers(self.viewer):
-            if id(ly) not in self._watched:
-                self._watched.add(id(ly))
+            key = getattr(ly, "unique_id", None) or id(ly)
+            if key not in self._watched:
+                self._watched.add(key)
                 ly.selected_data.events.items_changed.connect(
                     lambda *a, _ly=ly: self._on_selection_changed(_ly))
         self._on_model_changed()

@@ -39,11 +39,16 @@ LATENT_NAMES = {"fe": "FE latent", "fec": "FEC latent", "re": "RE latent"}
 
 
 def grid_text(n_genes: int) -> str:
-    """Text describing the square genomap grid that ``n_genes`` genes fill."""
-    side = max(1, math.ceil(math.sqrt(n_genes)))
-    empty = side * side - n_genes
+    """Text describing the genomap grid that ``n_genes`` genes fill (the layout the core will compute)."""
+    try:
+        from napari_scmedal.compare import _default_shape  # the shape ensure_layout uses
+
+        rows, cols = _default_shape(int(n_genes))
+    except ImportError:  # pragma: no cover
+        rows = cols = max(1, math.ceil(math.sqrt(n_genes)))
+    empty = rows * cols - n_genes
     extra = f", {empty} empty pixels" if empty else ", every pixel a gene"
-    return f"genomap {side} x {side}{extra}"
+    return f"genomap {rows} x {cols}{extra}"
 
 
 def _fmt_eta(seconds) -> str:
