@@ -31,6 +31,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--genes", type=int, default=2916)
     ap.add_argument("--save-model", help="also save the trained model here")
+    ap.add_argument("--only", help="development only: comma-separated screenshot numbers to write (e.g. 04,05)")
     ap.add_argument("--load-model", help="development only: load this model instead of training "
                     "(the training screenshots then show loading)")
     args = ap.parse_args(argv)
@@ -64,7 +65,11 @@ def main(argv=None):
         if getattr(widget, "last_error", None):
             raise RuntimeError(f"{what} failed: {widget.last_error}")
 
+    only = set(args.only.split(",")) if args.only else None
+
     def shot(name):
+        if only is not None and name[:2] not in only:
+            return
         pump(0.5)
         path = out / name
         viewer.screenshot(str(path), canvas_only=False, flash=False)
@@ -83,6 +88,7 @@ def main(argv=None):
     mw.preset_combo.setCurrentText("quick")
     mw.epochs_spin.setValue(args.epochs)
     mw.threads_spin.setValue(args.threads)
+    viewer.reset_view()
     if args.load_model:
         mw.load_model(args.load_model)
     else:
@@ -90,9 +96,11 @@ def main(argv=None):
     t0 = time.monotonic()
     while mw.busy and not mw.loss_canvas.curves.get("re") and time.monotonic() - t0 < 900:
         pump(0.2)
+    win.statusBar()._toggle_activity_dock(True)  # noqa: SLF001 - show the progress bars
     pump(1.0)
     mw.loss_canvas.redraw(force=True)
     shot("02_training.png")
+    win.statusBar()._toggle_activity_dock(False)  # noqa: SLF001
     wait(mw, "training")
     if args.save_model:
         mw.save_model(args.save_model)
