@@ -150,9 +150,11 @@ def test_no_pyplot_state_leaks():
     import matplotlib.pyplot as plt
 
     before = plt.get_fignums()
-    comparison_figure(_comparison(), dpi=30)
-    assert plt.get_fignums() == before
-    assert matplotlib.get_backend()  # untouched, whatever it is
+    backend = matplotlib.get_backend()
+    fig = comparison_figure(_comparison(), dpi=30)
+    assert plt.get_fignums() == before  # not registered with pyplot
+    assert matplotlib.get_backend() == backend
+    assert type(fig.canvas).__name__ == "FigureCanvasAgg"
 
 
 def test_pixel_test_figure(tmp_path):
