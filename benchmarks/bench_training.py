@@ -88,11 +88,18 @@ def main():
     result = {"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "loadavg_at_start": load,
                           "torch": torch.__version__, "napari_scmedal": napari_scmedal.__version__,
                           "note": "shared 2-core box with other jobs running: timings are upper bounds"},
-              "scmedal": [bench_scmedal(t) for t in args.threads]}
+              "scmedal": []}
+    OUT.mkdir(exist_ok=True)
+
+    def dump():  # written after every run so a killed benchmark keeps what it measured
+        (OUT / "training.json").write_text(json.dumps(result, indent=2))
+
+    for t in args.threads:
+        result["scmedal"].append(bench_scmedal(t))
+        dump()
     if not args.no_scvi:
         result["scvi"] = [bench_scvi(t) for t in args.threads[:1]]
-    OUT.mkdir(exist_ok=True)
-    (OUT / "training.json").write_text(json.dumps(result, indent=2))
+        dump()
     lines = ["# Training benchmark (CellBench sample, 1,408 cells x 2,916 genes, CPU)", "",
              f"Machine: {result['machine']['platform']}, {result['machine']['cpu_count']} cores, "
              f"load at start {load[0]:.1f}; torch {torch.__version__}. Shared box: upper bounds.", "",
