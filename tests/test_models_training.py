@@ -217,3 +217,23 @@ def test_device_resolution():
     if not torch.cuda.is_available():
         with pytest.raises(TrainingError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_runaway_adversarial_loss_is_flagged():
+    """With only the negated adversarial term the encoder drives the adversary's CE far above
+    chance; the trainer warns and records it (default objective unchanged)."""
+    d = _data()
+    net = _fe(2)
+    task = FETask(net, lr=2e-2, w_recon=0.0, w_adv=1.0)
+    for g in task.opt_adv.param_groups:
+        g["lr"] = 0.0  # an adversary that cannot keep up: the encoder wins by ever larger margins
+    with pytest.warns(RuntimeWarning, match="runaway"):
+        hist = fit(task, d, d, max_epochs=30, patience=100, batch_size=32)
+    assert hist["warnings"] and max(hist["train"]["adv"]) > 3 * np.log(B)
+    # the bounded variant keeps the encoder's incentive capped at the bound
+    net2 = _fe(2)
+    task2 = FETask(net2, lr=2e-2, w_recon=0.0, w_adv=1.0, adv_bound=float(np.log(B)))
+    for g in task2.opt_adv.param_groups:
+        g["lr"] = 0.0
+    hist2 = fit(task2, d, d, max_epochs=30, patience=100, batch_size=32)
+    assert max(hist2["train"]["adv"]) < max(hist["train"]["adv"])
