@@ -7,7 +7,7 @@ Run under Xvfb (napari needs a display; screenshots need a shown window on xcb):
 Every step of docs/user-guide.md is performed exactly as a user would through the widgets
 (open the sample, train with the quick preset, compute a comparison, hover, export) and the
 window is captured after each step. Options: ``--out DIR`` (default docs/images),
-``--epochs N`` (cap the quick preset's epochs, default 40, to keep the run short),
+``--epochs N`` (cap the quick preset's epochs, default 30, to keep the run short),
 ``--threads N`` (torch threads, default 2).
 """
 
@@ -27,9 +27,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "docs" / "images"))
-    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--genes", type=int, default=2916)
+    ap.add_argument("--scale", default="zscore", choices=["log1p", "zscore"],
+                    help="genomap scale in the explorer (default zscore, as in the paper's figures)")
     ap.add_argument("--save-model", help="also save the trained model here")
     ap.add_argument("--only", help="development only: comma-separated screenshot numbers to write (e.g. 04,05)")
     ap.add_argument("--load-model", help="development only: load this model instead of training "
@@ -115,6 +117,7 @@ def main(argv=None):
     ex.label_combo.setCurrentText("H1975")
     ex.batch_combo.setCurrentText("(any)")
     ex.max_cells_spin.setValue(2)
+    ex.scale_combo.setCurrentText(args.scale)
     ex.compute()
     wait(ex, "comparison")
     ex.focus()
@@ -151,8 +154,8 @@ def main(argv=None):
         it = xw.columns_list.item(i)
         it.setSelected(it.text() in keep or (it.text().startswith("Counterfactual -> ")
                                              and " - " not in it.text()))
-    xw.width_spin.setValue(14.0)
-    xw.height_spin.setValue(3.0)
+    xw.width_spin.setValue(0.0)  # auto: sized from the number of rows and columns
+    xw.height_spin.setValue(0.0)
     xw.dpi_spin.setValue(150)
     xw.title_edit.setText("H1975, Drop-seq: original, FE and counterfactuals")
     xw.export(str(out / "07_exported_panel.png"))

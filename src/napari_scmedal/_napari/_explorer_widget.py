@@ -17,6 +17,8 @@ labelled points, and hovering a pixel names its gene and every layer's value the
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from napari.layers import Image
 from napari.qt.threading import create_worker
@@ -121,6 +123,7 @@ class GenomapExplorer(QWidget):
         self.layers = {}  # image name -> layer
         self.last_error = None
         self.last_info = None
+        self.last_seconds = None  # wall time of the last compute, selection to layers
         self.workers = []
         self._pending = False
         self._origin = None  # world (y, x) of the top-left tile, kept across recomputes
@@ -371,11 +374,18 @@ class GenomapExplorer(QWidget):
         self.status_label.setText("Computing the genomap layout once for this model (Gromov-Wasserstein)..."
                                   if needs_layout else "Computing...")
 
+        t0 = time.perf_counter()
+
         def _work():
             from napari_scmedal.compare import compare_cells
 
             return compare_cells(model, cells, target_batches=targets, adata=adata, average=average,
                                  scale=scale)
+
+        def _show(comp):
+            self.show_comparison(comp)
+            self.last_seconds = time.perf_counter() - t0
+            self.status_label.setText(self.status_label.text() + f" Updated in {self.last_seconds:.2f} s.")
 
         worker = create_worker(_work, _start_thread=False, _ignore_errors=True)
         self.workers.append(worker)
@@ -392,7 +402,7 @@ class GenomapExplorer(QWidget):
                 self._pending = False
                 self.compute()
 
-        worker.returned.connect(self.show_comparison)
+        worker.returned.connect(_show)
         worker.errored.connect(_err)
         worker.finished.connect(_finish)
         self.compute_btn.setEnabled(False)
@@ -419,6 +429,7 @@ class GenomapExplorer(QWidget):
     def show_comparison(self, comp):
         """Turn a Comparison into (re)named layers; existing layers of this widget are updated, not duplicated."""
         self.comparison = comp
+        self.hover_label.setText("Hover a genomap pixel to see its gene and values.")
         R, C = comp.shape
         n = comp.n_rows
         band_h = n * (R + ROW_GAP) - ROW_GAP
