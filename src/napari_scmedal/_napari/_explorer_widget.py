@@ -452,10 +452,16 @@ class GenomapExplorer(QWidget):
             wanted.add(lname)
             if lname in self.viewer.layers and isinstance(self.viewer.layers[lname], Image):
                 ly = self.viewer.layers[lname]
+                # only touch what changed: every property change costs napari events and a redraw
+                if ly.colormap.name != cmap:
+                    ly.colormap = cmap
+                if not np.allclose(ly.translate[-2:], translate):
+                    ly.translate = translate
+                ly.metadata.update(meta)
+                lo, hi = ly.contrast_limits_range
+                if (lo, hi) != limits:
+                    ly.contrast_limits_range = (min(lo, limits[0]), max(hi, limits[1]))
                 ly.data = data
-                ly.translate = translate
-                ly.metadata = meta
-                ly.colormap = cmap
                 ly.contrast_limits_range = limits
                 ly.contrast_limits = limits
             else:
@@ -483,10 +489,36 @@ class GenomapExplorer(QWidget):
             self.viewer.fit_to_view(layers=layers, margin=0.02)
 
     def _replace_layer(self, name, adder, data, **kwargs):
-        if name in self.viewer.layers:
-            self.viewer.layers.remove(name)
+        """Update this widget's annotation layer ``name`` in place (removing napari layers is slow:
+        it triggers a full garbage collection), or add it when missing."""
         kwargs.setdefault("metadata", {})[GENOMAP_KEY] = True
+        ly = self.viewer.layers[name] if name in self.viewer.layers else None
+        if ly is not None and ly._type_string == "points" and adder == self.viewer.add_points:
+            features = kwargs.get("features")
+            ly.selected_data = set()
+            ly.data = data
+            if features is not None:
+                import pandas as pd
+
+                ly.features = pd.DataFrame(features)
+            if "text" in kwargs:
+                ly.text = kwargs["text"]
+            ly.visible = True
+            return ly
+        if ly is not None and ly._type_string == "shapes" and adder == self.viewer.add_shapes:
+            ly.selected_data = set()
+            ly.data = []
+            ly.add_rectangles(list(data), edge_color=kwargs.get("edge_color"),
+                              face_color=kwargs.get("face_color"), edge_width=kwargs.get("edge_width"))
+            ly.visible = True
+            return ly
+        if ly is not None:
+            self.viewer.layers.remove(ly)
         return adder(data, name=name, **kwargs)
+
+    def _hide_layer(self, name):
+        if name in self.viewer.layers:
+            self.viewer.layers[name].visible = False
 
     def _add_annotations(self, comp, pos, band_h, y0, x0):
         R, C = comp.shape
@@ -535,8 +567,8 @@ class GenomapExplorer(QWidget):
         if rects:
             self._replace_layer(OWN_LAYER, self.viewer.add_shapes, rects, shape_type="rectangle",
                                 edge_color="yellow", face_color="transparent", edge_width=1.5)
-        elif OWN_LAYER in self.viewer.layers:
-            self.viewer.layers.remove(OWN_LAYER)
+        else:
+            self._hide_layer(OWN_LAYER)
         # top varying genes: marked on every expression tile of their row, labelled on the Original tile
         tg = comp.top_genes
         if tg is not None and len(tg):
@@ -556,8 +588,8 @@ class GenomapExplorer(QWidget):
                 text={"string": "{gene}", "size": 6, "color": "white", "anchor": "upper_left",
                       "translation": [-1.5, 1.5]},
             )
-        elif TOP_LAYER in self.viewer.layers:
-            self.viewer.layers.remove(TOP_LAYER)
+        else:
+            self._hide_layer(TOP_LAYER)
 
     def _fill_top_list(self, comp):
         self.top_list.clear()
