@@ -189,7 +189,9 @@ def test_explorer_layers_shapes_colormaps_limits(make_napari_viewer, qtbot, trai
     comp = ex.comparison
     assert comp.n_rows == 2 and comp.shape == (16, 16)
     assert set(comp.row_labels) == {"H1975"}
-    names = [ly.name for ly in viewer.layers if ly.name.startswith("genomap | ") and ly._type_string == "image"]
+    from napari.layers import Image
+
+    names = [ly.name for ly in viewer.layers if ly.name.startswith("genomap | ") and isinstance(ly, Image)]
     expected = ["Original", "FE reconstruction", "RE reconstruction"] + [counterfactual_name(b) for b in model.batches]
     expected += ["FE - Original"] + [f"Counterfactual -> {b} - Original" for b in model.batches]
     expected += [f"Counterfactual -> {b} - Counterfactual -> own batch" for b in model.batches]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from napari.layers import Image
+from napari.layers import Image, Points, Shapes
 from napari.qt.threading import create_worker
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
@@ -493,7 +493,7 @@ class GenomapExplorer(QWidget):
         it triggers a full garbage collection), or add it when missing."""
         kwargs.setdefault("metadata", {})[GENOMAP_KEY] = True
         ly = self.viewer.layers[name] if name in self.viewer.layers else None
-        if ly is not None and ly._type_string == "points" and adder == self.viewer.add_points:
+        if isinstance(ly, Points) and adder == self.viewer.add_points:
             features = kwargs.get("features")
             ly.selected_data = set()
             ly.data = data
@@ -505,7 +505,7 @@ class GenomapExplorer(QWidget):
                 ly.text = kwargs["text"]
             ly.visible = True
             return ly
-        if ly is not None and ly._type_string == "shapes" and adder == self.viewer.add_shapes:
+        if isinstance(ly, Shapes) and adder == self.viewer.add_shapes:
             ly.selected_data = set()
             ly.data = []
             ly.add_rectangles(list(data), edge_color=kwargs.get("edge_color"),
