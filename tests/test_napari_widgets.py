@@ -361,3 +361,29 @@ def test_open_viewer_shows_model_latents_and_comparison(qtbot, trained):
         WorkerBase.await_workers(TIMEOUT_MS)  # metrics may still run: let them finish first
         qtbot.wait(300)
         viewer.close()
+
+
+def test_save_genomap_layers_through_napari_writer(make_napari_viewer, qtbot, trained, tmp_path):
+    import json
+
+    from napari_scmedal._napari._writer import sidecar_path
+    from napari_scmedal.genomap import GenomapLayout
+
+    viewer, cells, ex = _explorer(make_napari_viewer, trained)
+    ex.mode_combo.setCurrentText("cell indices")
+    ex.indices_edit.setText("3, 9")
+    _compute(ex, qtbot)
+    comp = ex.comparison
+    chosen = [viewer.layers["genomap | Original"], viewer.layers["genomap | FE - Original"]]
+    viewer.layers.selection = set(chosen)
+    path = tmp_path / "maps.npy"
+    viewer.layers.save(str(path), selected=True, plugin=PLUGIN)
+    stack = np.load(path)
+    assert stack.shape == (2, 34, 16)
+    np.testing.assert_array_equal(stack[1][18:], comp.images["FE - Original"][1])
+    side = json.loads(sidecar_path(path).read_text())
+    assert [ly["name"] for ly in side["layers"]] == ["genomap | Original", "genomap | FE - Original"]
+    assert [ly["kind"] for ly in side["layers"]] == ["expression", "difference"]
+    layout = GenomapLayout.from_dict(side["layout"])
+    gene = comp.layout.genes[11]
+    assert layout.pixel_of(gene) == comp.layout.pixel_of(gene)
