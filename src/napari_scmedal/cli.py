@@ -728,6 +728,9 @@ def _report_html(summary, table, panels, res, formats, model) -> str:
         "attributes to moving the cells to batch b. Red circles: the 10 genes varying most across the "
         "counterfactual batches. The arrays of every version (also <i>Counterfactual &rarr; b - Original</i>) "
         "are in the <code>.npz</code> files.</p>",
+        "<p><b>Caveat.</b> The counterfactuals of this implementation overshoot: on this sample they shift "
+        "expression far more than the real between-batch differences (docs/model.md, \"Known defect\"). "
+        "Treat the counterfactual panels and the test below as qualitative until that is resolved.</p>",
         f"<h3>Overview: one row per cell line</h3><img src='genomap_overview.{img_ext}'>",
     ]
     for p in panels:
