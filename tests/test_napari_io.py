@@ -173,3 +173,20 @@ def test_writer_rejects_mixed_shapes_with_a_fix(tmp_path):
         write_genomaps(str(tmp_path / "x.npy"), [(np.zeros((3, 3)), {}, "image"), (np.zeros((4, 3)), {}, "image")])
     with pytest.raises(ScMEDALError, match=r"\.tif, \.tiff or \.npy"):
         write_genomaps(str(tmp_path / "x.png"), [(np.zeros((3, 3)), {}, "image")])
+
+
+def test_pca_of_large_data_fits_on_a_subsample_and_projects_every_cell():
+    import scanpy as sc
+    from sklearn.decomposition import PCA
+
+    from napari_scmedal._napari._layers import pca_2d
+
+    ad = cellbench()
+    sc.pp.normalize_total(ad, target_sum=1e4)
+    sc.pp.log1p(ad)
+    X = ad.X  # sparse, real data
+    full = PCA(n_components=2, random_state=0).fit_transform(X.toarray())
+    sub = pca_2d(X, max_fit=400)  # axes from 400 of 1,408 cells, every cell projected
+    assert sub.shape == (ad.n_obs, 2)
+    assert abs(np.corrcoef(sub[:, 0], full[:, 0])[0, 1]) > 0.98
+    np.testing.assert_allclose(pca_2d(X), pca_2d(X.toarray()), atol=1e-3)

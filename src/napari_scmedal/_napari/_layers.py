@@ -31,30 +31,30 @@ def _log_normalised(adata):
     return tmp
 
 
-def pca_2d(X, seed=0):
-    """First two principal components of the rows of ``X`` (dense or sparse), as float32 (n, 2)."""
+def pca_2d(X, seed=0, max_fit=5000):
+    """First two principal components of the rows of ``X`` (dense or sparse), float32 (n, 2).
+
+    The axes are fitted on at most ``max_fit`` rows (seeded subsample) and every row is projected,
+    so large data never needs a dense copy and opens quickly.
+    """
     from scipy import sparse
-    from sklearn.decomposition import PCA, TruncatedSVD
+    from sklearn.decomposition import PCA
 
     n = X.shape[0]
-    if n < 2:
+    if n < 2 or X.shape[1] < 1:
         return np.zeros((n, 2), np.float32)
-    if sparse.issparse(X):
-        X = X.tocsr().astype(np.float32)
-        mean = np.asarray(X.mean(axis=0)).ravel()
-        # centre implicitly: SVD of the centred matrix via a dense copy is fine up to ~1e8 entries
-        if X.shape[0] * X.shape[1] <= 1e8:
-            Xd = X.toarray() - mean
-            Y = PCA(n_components=2, random_state=seed, svd_solver="randomized").fit_transform(Xd)
-        else:
-            Y = TruncatedSVD(n_components=2, random_state=seed).fit_transform(X)
-    else:
-        X = np.asarray(X, dtype=np.float32)
-        k = min(2, X.shape[1])
-        Y = PCA(n_components=k, random_state=seed, svd_solver="auto").fit_transform(X)
-        if k < 2:
-            Y = np.column_stack([Y, np.zeros(n)])
-    return np.asarray(Y, dtype=np.float32)
+    fit_rows = np.arange(n) if n <= max_fit else np.sort(np.random.default_rng(seed).choice(n, max_fit, replace=False))
+    Xfit = X[fit_rows]
+    Xfit = Xfit.toarray() if sparse.issparse(Xfit) else np.asarray(Xfit)
+    k = min(2, Xfit.shape[1], Xfit.shape[0])
+    pca = PCA(n_components=k, random_state=seed, svd_solver="full" if Xfit.shape[1] <= 500 else "randomized")
+    pca.fit(Xfit.astype(np.float32))
+    comps = pca.components_.astype(np.float32)  # (k, genes)
+    proj = X @ comps.T if sparse.issparse(X) else np.asarray(X, dtype=np.float32) @ comps.T
+    Y = np.asarray(proj, dtype=np.float32) - (pca.mean_.astype(np.float32) @ comps.T)
+    if k < 2:
+        Y = np.column_stack([Y, np.zeros((n, 2 - k), np.float32)])
+    return Y.astype(np.float32)
 
 
 def embedding_2d(adata):
