@@ -81,6 +81,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--no-scvi", action="store_true")
+    ap.add_argument("--scvi-from", help="reuse the scvi entry of an earlier training.json (with --no-scvi)")
     args = ap.parse_args()
     import napari_scmedal
 
@@ -99,6 +100,11 @@ def main():
         dump()
     if not args.no_scvi:
         result["scvi"] = [bench_scvi(t) for t in args.threads[:1]]
+        dump()
+    elif args.scvi_from:
+        prev = json.loads(Path(args.scvi_from).read_text())
+        result["scvi"] = [dict(r, reused_from=str(args.scvi_from), loadavg_then=prev["machine"]["loadavg_at_start"])
+                          for r in prev.get("scvi", [])]
         dump()
     lines = ["# Training benchmark (CellBench sample, 1,408 cells x 2,916 genes, CPU)", "",
              f"Machine: {result['machine']['platform']}, {result['machine']['cpu_count']} cores, "
