@@ -77,12 +77,44 @@ def bench_scvi(threads: int, seed: int = 0) -> dict:
             "n_train_split_of_scmedal": int(len(tr))}
 
 
+def render(result: dict) -> str:
+    """Write training.md from a result dict (also usable on a partial training.json)."""
+    load = result["machine"]["loadavg_at_start"]
+    lines = ["# Training benchmark (CellBench sample, 1,408 cells x 2,916 genes, CPU)", "",
+             f"Machine: {result['machine']['platform']}, {result['machine']['cpu_count']} cores, "
+             f"load at start {load[0]:.1f}; torch {result['machine']['torch']}. Shared box: upper bounds.", "",
+             "| run | threads | epochs (best) | time s | cells x epochs / s | test batch ASW | test label ASW |",
+             "|---|---|---|---|---|---|---|"]
+    for r in result["scmedal"]:
+        for k, v in r["models"].items():
+            sc = r["test_scores"][k]
+            lines.append(f"| scMEDAL {k.upper()} (quick) | {r['threads']} | {v['epochs']} ({v['best_epoch']}) | "
+                         f"{v['time_s']:.1f} | {v['cells_epochs_per_s']:.0f} | {sc['batch']['asw']:.3f} | "
+                         f"{sc['label']['asw']:.3f} |")
+        lines.append(f"| scMEDAL FE + RE total | {r['threads']} | | {r['wall_fe_re_s']:.1f} | | | |")
+    for r in result.get("scvi", []):
+        if "error" in r:
+            lines.append(f"| scVI | | | | {r['error']} | | |")
+        else:
+            lines.append(f"| scVI {r['version']} (early stop, patience 10) | {r['threads']} | {r['epochs']} | "
+                         f"{r['time_s']:.1f} | {r['cells_epochs_per_s']:.0f} | {r['test_scores']['batch']['asw']:.3f} | "
+                         f"{r['test_scores']['label']['asw']:.3f} |")
+    text = "\n".join(lines) + "\n"
+    (OUT / "training.md").write_text(text)
+    print(text)
+    return text
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--no-scvi", action="store_true")
     ap.add_argument("--scvi-from", help="reuse the scvi entry of an earlier training.json (with --no-scvi)")
+    ap.add_argument("--render-only", action="store_true", help="rewrite training.md from training.json")
     args = ap.parse_args()
+    if args.render_only:
+        render(json.loads((OUT / "training.json").read_text()))
+        return
     import napari_scmedal
 
     load = os.getloadavg()
@@ -106,27 +138,7 @@ def main():
         result["scvi"] = [dict(r, reused_from=str(args.scvi_from), loadavg_then=prev["machine"]["loadavg_at_start"])
                           for r in prev.get("scvi", [])]
         dump()
-    lines = ["# Training benchmark (CellBench sample, 1,408 cells x 2,916 genes, CPU)", "",
-             f"Machine: {result['machine']['platform']}, {result['machine']['cpu_count']} cores, "
-             f"load at start {load[0]:.1f}; torch {torch.__version__}. Shared box: upper bounds.", "",
-             "| run | threads | epochs (best) | time s | cells x epochs / s | test batch ASW | test label ASW |",
-             "|---|---|---|---|---|---|---|"]
-    for r in result["scmedal"]:
-        for k, v in r["models"].items():
-            sc = r["test_scores"][k]
-            lines.append(f"| scMEDAL {k.upper()} (quick) | {r['threads']} | {v['epochs']} ({v['best_epoch']}) | "
-                         f"{v['time_s']:.1f} | {v['cells_epochs_per_s']:.0f} | {sc['batch']['asw']:.3f} | "
-                         f"{sc['label']['asw']:.3f} |")
-        lines.append(f"| scMEDAL FE + RE total | {r['threads']} | | {r['wall_fe_re_s']:.1f} | | | |")
-    for r in result.get("scvi", []):
-        if "error" in r:
-            lines.append(f"| scVI | | | | {r['error']} | | |")
-        else:
-            lines.append(f"| scVI {r['version']} (early stop, patience 10) | {r['threads']} | {r['epochs']} | "
-                         f"{r['time_s']:.1f} | {r['cells_epochs_per_s']:.0f} | {r['test_scores']['batch']['asw']:.3f} | "
-                         f"{r['test_scores']['label']['asw']:.3f} |")
-    (OUT / "training.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    render(result)
 
 
 if __name__ == "__main__":
