@@ -314,7 +314,8 @@ def _layout_genes_index(layout, genes: Sequence[str]) -> np.ndarray:
     return pos
 
 
-def _default_shape(n_genes: int) -> tuple[int, int]:
+def default_shape(n_genes: int) -> tuple[int, int]:
+    """Genomap grid used when none is given: the smallest square that fits, less any empty rows."""
     side = int(math.ceil(math.sqrt(n_genes)))
     rows = side
     cols = side
@@ -348,7 +349,7 @@ def ensure_layout(model, adata=None, layout=None, shape=None, seed: int = 0, max
         rng = np.random.default_rng(seed)
         X = X[np.sort(rng.choice(X.shape[0], max_cells, replace=False))]
     genes = list(model.genes)
-    shape = tuple(shape) if shape is not None else _default_shape(len(genes))
+    shape = tuple(shape) if shape is not None else default_shape(len(genes))
     layout = compute_layout(X, shape=shape, genes=genes, seed=seed)
     _attach_layout(model, layout)
     return layout
@@ -375,8 +376,6 @@ def _predict_versions(model, sub, batches: Sequence[str]) -> dict[str, np.ndarra
     fast = getattr(model, "predict_versions", None)
     if callable(fast):
         return fast(sub, batches)
-    if callable(getattr(model, "_run", None)) and callable(getattr(model, "_prepare", None)):
-        return _batched_versions(model, sub, batches)
     prepared = model.recipe.transform(sub)
     out = {
         "original": np.asarray(prepared.X_log, dtype=np.float32),
@@ -386,42 +385,6 @@ def _predict_versions(model, sub, batches: Sequence[str]) -> dict[str, np.ndarra
     }
     for b in batches:
         out[f"cf:{b}"] = np.asarray(model.get_counterfactual_expression(b, adata=sub), dtype=np.float32)
-    return out
-
-
-class _Stacked:
-    """The minimal Prepared view ScMEDAL._run reads: X and batch_onehot."""
-
-    def __init__(self, X, batch_onehot):
-        self.X = X
-        self.batch_onehot = batch_onehot
-
-
-def _batched_versions(model, sub, batches):
-    """ScMEDAL fast path: preprocess once, then one RE forward pass for every (batch, cell) pair
-    (inference mode, so stacking the rows does not change any cell's output)."""
-    if hasattr(model, "_check_kind"):
-        model._check_kind("fe", ("fe",))
-        model._check_kind("re", ("re",))
-    prep = model._prepare(sub)
-    X = np.asarray(prep.X, dtype=np.float32)
-    n, nb = X.shape[0], len(model.batches)
-    unscale = model.recipe.unscale
-    out = {
-        "original": np.asarray(prep.X_log, dtype=np.float32),
-        "fe": np.asarray(unscale(model._run("fe", prep, "recon")), dtype=np.float32),
-        "re": np.asarray(unscale(model._run("re", prep, "recon")), dtype=np.float32),
-        "batch": np.asarray(prep.batch),
-    }
-    if batches:
-        codes = [list(model.batches).index(b) for b in batches]
-        onehot = np.zeros((len(codes) * n, nb), dtype=np.float32)
-        for k, c in enumerate(codes):
-            onehot[k * n:(k + 1) * n, c] = 1.0
-        stacked = _Stacked(np.tile(X, (len(codes), 1)), onehot)
-        cf = np.asarray(unscale(model._run("re", stacked, "recon")), dtype=np.float32)
-        for k, b in enumerate(batches):
-            out[f"cf:{b}"] = cf[k * n:(k + 1) * n]
     return out
 
 

@@ -41,9 +41,9 @@ LATENT_NAMES = {"fe": "FE latent", "fec": "FEC latent", "re": "RE latent"}
 def grid_text(n_genes: int) -> str:
     """Text describing the genomap grid that ``n_genes`` genes fill (the layout the core will compute)."""
     try:
-        from napari_scmedal.compare import _default_shape  # the shape ensure_layout uses
+        from napari_scmedal.compare import default_shape  # the shape ensure_layout uses
 
-        rows, cols = _default_shape(int(n_genes))
+        rows, cols = default_shape(int(n_genes))
     except ImportError:  # pragma: no cover
         rows = cols = max(1, math.ceil(math.sqrt(n_genes)))
     empty = rows * cols - n_genes
