@@ -330,3 +330,19 @@ def test_real_sample_layout_quality(cellbench_adata):
     r, c = lay.pixel_of(g)
     Xd = X[:10].toarray() if sp.issparse(X) else np.asarray(X[:10])
     np.testing.assert_array_equal(img[:, r, c], Xd[:, 0].astype(np.float32))
+
+
+def test_threaded_projection_equals_single_threaded_with_empty_pixels():
+    # 250 genes on 16 x 16 (6 empty pixels), many small chunks so the thread pool really splits rows
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(400, 250)).astype(np.float32)
+    layout = compute_layout(X[:100], shape=(16, 16), seed=0)
+    one = layout.project(X, chunk_size=7, n_threads=1)
+    many = layout.project(X, chunk_size=7, n_threads=3)
+    np.testing.assert_array_equal(np.isnan(one), np.isnan(many))
+    np.testing.assert_array_equal(one[~np.isnan(one)], many[~np.isnan(many)])
+    assert np.isnan(many).sum() == 400 * (256 - 250)
+    r, c = layout.pixel_of_gene[17]
+    np.testing.assert_array_equal(many[:, r, c], X[:, 17])
+    sparse = layout.project(sp.csr_matrix(X), chunk_size=7, n_threads=2)
+    np.testing.assert_array_equal(np.nan_to_num(sparse, nan=-9), np.nan_to_num(one, nan=-9))
