@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ._utils import atomic_output
 from .errors import DataError
 
 __all__ = [
@@ -369,13 +370,6 @@ def counterfactual_group_test(
 def write_csv(df: pd.DataFrame, path) -> str:
     """Write ``df`` to ``path`` as CSV atomically (temporary file + ``os.replace``)."""
     path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    tmp = os.path.join(d, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
+    with atomic_output(path) as tmp:
         df.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path

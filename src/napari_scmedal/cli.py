@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from ._utils import atomic_output
+from ._utils import json_safe as _json_safe
 from .errors import ScMEDALError
 
 __all__ = ["main", "build_parser", "UsageError"]
@@ -88,18 +90,9 @@ def _check_output_dir(out, inputs: Sequence[Path]) -> Path:
     return o
 
 
-def _atomic_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
-
-
 def _write_text(path: Path, text: str) -> Path:
-    tmp = _atomic_path(path)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_output(path) as tmp:
+        Path(tmp).write_text(text, encoding="utf-8")
     return path
 
 
@@ -110,32 +103,9 @@ def _write_json(path: Path, obj: Any) -> Path:
 def _write_h5ad(adata, path: Path) -> Path:
     if "scmedal" in adata.uns:  # plain JSON types only, so h5py can store it
         adata.uns["scmedal"] = _json_safe(adata.uns["scmedal"])
-    tmp = _atomic_path(path)
-    try:
+    with atomic_output(path) as tmp:
         adata.write_h5ad(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
-
-
-def _json_safe(obj):
-    import numpy as np
-
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _json_safe(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and obj != obj:
-        return None
-    if isinstance(obj, str) and type(obj) is not str:  # e.g. torch's TorchVersion
-        return str(obj)
-    return obj
 
 
 def _split_list(values) -> list[str]:
@@ -355,13 +325,8 @@ def _pixel_test_outputs(comp, batches_a, batches_b, out: Path, stem: str, names,
     import numpy as np
 
     overlay = out / f"{stem}_overlay.npz"
-    tmp = _atomic_path(overlay)
-    try:
+    with atomic_output(overlay) as tmp:
         np.savez_compressed(tmp, significant=res.significant, q=res.q, p=res.p, diff=res.diff)
-        os.replace(tmp, overlay)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     files.append(str(overlay))
     fig = pixel_test_figure(res, title=f"Mann-Whitney U per pixel, counterfactuals to {names[1]} vs {names[0]}: "
                                        f"{int(res.significant.sum())} significant pixel(s), BH q < {alpha:g}")

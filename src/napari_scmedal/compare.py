@@ -29,6 +29,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ._utils import atomic_output
 from .analysis import rank_pixels, spread_image, top_varying_genes
 from .errors import DataError, LayoutError
 
@@ -163,15 +164,8 @@ class Comparison:
         path = os.fspath(path)
         if not path.endswith(".npz"):
             path += ".npz"
-        d = os.path.dirname(os.path.abspath(path))
-        os.makedirs(d, exist_ok=True)
-        tmp = os.path.join(d, f".{os.path.basename(path)}.{os.getpid()}.tmp.npz")
-        try:
+        with atomic_output(path) as tmp:
             np.savez_compressed(tmp, **self.to_arrays())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
         return path
 
 

@@ -22,6 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize, TwoSlopeNorm
 from matplotlib.figure import Figure
 
+from ._utils import atomic_output
 from .errors import ScMEDALError
 
 __all__ = [
@@ -252,15 +253,8 @@ def save_figure(fig: Figure, path, dpi: int = 300, transparent: bool = False) ->
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FigureFormatError(f"The folder {folder!r} does not exist; create it or choose another path.")
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp{ext}")
-    try:
-        fmt = FIGURE_FORMATS[ext]
-        kwargs = {}
-        if fmt == "tiff":
-            kwargs["pil_kwargs"] = {"compression": "tiff_lzw"}
+    fmt = FIGURE_FORMATS[ext]
+    kwargs = {"pil_kwargs": {"compression": "tiff_lzw"}} if fmt == "tiff" else {}
+    with atomic_output(path, suffix=ext) as tmp:
         fig.savefig(tmp, dpi=dpi, format=fmt, transparent=transparent, **kwargs)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path

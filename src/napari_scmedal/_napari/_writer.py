@@ -9,12 +9,12 @@ tile geometry and, when the layers came from the genomap explorer, the gene layo
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from napari_scmedal._utils import atomic_output
+from napari_scmedal._utils import json_safe as _json_safe
 from napari_scmedal.errors import ScMEDALError
 
 SIDECAR_SUFFIX = ".genomap.json"
@@ -25,30 +25,9 @@ def sidecar_path(path) -> Path:
     return Path(str(path) + SIDECAR_SUFFIX)
 
 
-def _json_safe(obj):
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _json_safe(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
-
-
-def _atomic_write(path: Path, write):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    os.close(fd)
-    try:
+def _atomic_write(path: Path, write) -> None:
+    with atomic_output(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def write_genomaps(path: str, layer_data: list) -> list[str]:

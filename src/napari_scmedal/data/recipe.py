@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .._utils import json_safe as _json_safe
 from ..errors import DataError, ModelFileError, RecipeMismatchError
 from .validation import LOGNORM_MAX, _first, get_matrix
 
@@ -314,22 +315,6 @@ class Recipe:
             min_cells_per_gene=int(d.get("min_cells_per_gene", 3)),
             extra=dict(d.get("extra") or {}),
         )
-
-
-def _json_safe(obj):
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _json_safe(obj.tolist())
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if obj is None or isinstance(obj, (str, int, float, bool)):
-        return obj
-    return str(obj)
 
 
 __all__ = ["Recipe", "Prepared", "one_hot", "RECIPE_FORMAT", "RECIPE_VERSION"]

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from .._utils import json_safe as _json_safe
 from ..errors import LayoutError
 
 __all__ = ["GenomapLayout", "square_shape", "LAYOUT_FORMAT", "LAYOUT_VERSION"]
@@ -249,17 +250,3 @@ class GenomapLayout:
                 f"geometry={self.geometry!r})")
 
 
-def _json_safe(obj):
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return _json_safe(obj.tolist())
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)

@@ -1,0 +1,51 @@
+"""Small core utilities shared by the modules: JSON-safe conversion and atomic file output."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+
+def json_safe(obj: Any) -> Any:
+    """Plain-JSON copy of ``obj``: dict keys become strings, tuples and arrays lists, numpy
+    scalars Python numbers, non-finite floats ``None``, ``str`` subclasses (e.g. torch's
+    ``TorchVersion``) plain strings and anything else its ``str``."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    if isinstance(obj, np.generic):
+        return json_safe(obj.item())
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, (bool, int)):
+        return obj
+    return str(obj)
+
+
+@contextmanager
+def atomic_output(path, suffix: str | None = None) -> Iterator[str]:
+    """Write ``path`` atomically: yields a temporary file name in the same folder (same suffix
+    by default, so writers that look at the extension behave); when the block succeeds the file is
+    fsync'ed and moved over ``path`` with ``os.replace``, otherwise it is removed and any existing
+    ``path`` is left untouched. The folder is created when missing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix if suffix is None else suffix)
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
