@@ -5,6 +5,7 @@
 >>> model.train()
 >>> z_fe = model.get_latent_representation("fe")            # batch-invariant latent
 >>> x_cf = model.get_counterfactual_expression("Dropseq_3cl")  # every cell as if in that batch
+>>> x_lit = model.get_counterfactual_expression("Dropseq_3cl", method="reference")  # METHOD.md's literal swap
 >>> model.save("model.scmedal.safetensors"); model = sm.ScMEDAL.load("model.scmedal.safetensors")
 
 See docs/model.md for the presets, the hyperparameters and the file format.
@@ -26,7 +27,8 @@ from .errors import DataError, ModelFileError, ScMEDALError, TrainingError
 from .models import AE, FE, RE, AETask, FETask, RETask, Tensors, fit, is_cancelled, resolve_device
 from .nn import set_bn_momentum
 
-__all__ = ["ScMEDAL", "PRESETS", "FILE_FORMAT", "FILE_VERSION"]
+__all__ = ["ScMEDAL", "PRESETS", "FILE_FORMAT", "FILE_VERSION", "CF_METHODS", "CF_NEIGHBOURS",
+           "CF_ANCHORS_PER_BATCH"]
 
 FILE_FORMAT = "napari-scmedal-model"
 FILE_VERSION = 1
@@ -50,6 +52,16 @@ PRESETS["quick"] = dict(
 )
 
 _KINDS_LATENT = ("fe", "fec", "re")
+
+#: Counterfactual methods (docs/model.md, "Counterfactuals"). "matched" (default): the cell's RE latent is
+#: moved by the difference between the mean RE latents of its FE-latent neighbours in the target batch and
+#: in its own batch, then decoded with the target batch's random effects. "reference": METHOD.md section 1
+#: literally (the whole RE autoencoder with the one-hot swapped); kept for comparison, it overshoots.
+CF_METHODS = ("matched", "reference")
+#: Neighbours (in the FE latent) per batch whose RE latents are averaged by the "matched" method.
+CF_NEIGHBOURS = 20
+#: Training cells per batch kept as anchors (FE + RE latents) for "matched"; stored in the model file.
+CF_ANCHORS_PER_BATCH = 1000
 
 
 def _versions() -> dict[str, str]:
@@ -137,6 +149,7 @@ class ScMEDAL:
         self._prepared = None
         self.splits: dict[str, list[str]] = {}
         self._split_idx: dict[str, np.ndarray] = {}
+        self._cf_anchors: dict[str, np.ndarray] | None = None
 
     def _build_networks(self):
         c = self.config
@@ -216,6 +229,7 @@ class ScMEDAL:
             raise ScMEDALError(f"need max_epochs >= 1, patience >= 1 and batch_size >= 2 (got {max_epochs}, "
                                f"{patience}, {batch_size}).")
         p = self._prepared
+        self._cf_anchors = None  # the weights change: anchors are recomputed from the trained networks
         tr = Tensors.from_prepared(p, self._split_idx["train"], self.device)
         va = Tensors.from_prepared(p, self._split_idx["val"], self.device)
         order = [k for k in ("fe", "fec", "re") if k in self.nets]
@@ -329,22 +343,125 @@ class ScMEDAL:
         raise DataError(f"unknown target batch {target_batch!r}; the model knows these batches: {shown} "
                         f"(or pass an index 0..{len(names) - 1}).")
 
+    def _check_method(self, method) -> str:
+        if method not in CF_METHODS:
+            raise ScMEDALError(f"unknown counterfactual method {method!r}; use 'matched' (default: moves cells "
+                               f"toward the target batch) or 'reference' (METHOD.md's literal one-hot swap, which "
+                               f"overshoots; see docs/model.md).")
+        return method
+
+    def _compute_anchors(self) -> dict[str, np.ndarray]:
+        prep = self._prepared
+        idx = np.asarray(self._split_idx.get("train", np.zeros(0, np.int64)), dtype=np.int64)
+        rng = np.random.default_rng(self.seed)
+        keep = []
+        for c in range(len(self.batches)):
+            cells = idx[np.asarray(prep.batch)[idx] == c]
+            if len(cells) == 0:  # no training cell of this batch: use all of its cells
+                cells = np.flatnonzero(np.asarray(prep.batch) == c)
+            if len(cells) > CF_ANCHORS_PER_BATCH:
+                cells = np.sort(rng.choice(cells, CF_ANCHORS_PER_BATCH, replace=False))
+            keep.append(cells)
+        sub = prep.subset(np.concatenate(keep))
+        return {"fe": self._run("fe", sub, "latent"), "re": self._run("re", sub, "latent"),
+                "batch": np.asarray(sub.batch, dtype=np.int64)}
+
+    def _anchors(self) -> dict[str, np.ndarray]:
+        """FE and RE latents (and batch codes) of up to ``CF_ANCHORS_PER_BATCH`` training cells per
+        batch: the reference cells of the "matched" counterfactual. Computed once after training from
+        the training split (seeded subsample) and saved in the model file."""
+        if self._cf_anchors is None:
+            self._check_kind("fe", ("fe",))
+            self._check_kind("re", ("re",))
+            if self._prepared is None:
+                raise ScMEDALError("this model file has no counterfactual anchors (it was saved by an older "
+                                   "version) and carries no training data; retrain and save it again, or pass "
+                                   "method='reference'.")
+            self._cf_anchors = self._compute_anchors()
+        return self._cf_anchors
+
+    @staticmethod
+    def _neighbour_mean(query, pool_fe, pool_re, k):
+        """Mean ``pool_re`` row over the ``k`` nearest ``pool_fe`` rows (Euclidean) of each query."""
+        k = min(int(k), pool_fe.shape[0])
+        nn = torch.cdist(query, pool_fe).topk(k, dim=1, largest=False).indices
+        return pool_re[nn].mean(1)
+
+    @torch.no_grad()
+    def _matched(self, prep, codes, batch_size=4096) -> list[np.ndarray]:
+        """Scaled "matched" counterfactuals of ``prep``'s cells, one ``(n, G)`` array per target code.
+
+        For a cell of batch s with RE latent h (RE encoder, own one-hot) and FE latent f:
+        ``decode_RE(h + mean_{N_t(f)} h' - mean_{N_s(f)} h', onehot(t))`` where ``N_b(f)`` are the
+        ``CF_NEIGHBOURS`` anchors of batch b nearest to f in the batch-invariant FE latent. For t = s
+        the shift is exactly zero and the output is the RE reconstruction.
+        """
+        anchors = self._anchors()
+        fe_net, re_net = self.nets["fe"].eval(), self.nets["re"].eval()
+        dev, nb = self.device, len(self.batches)
+        a_fe = torch.as_tensor(anchors["fe"], dtype=torch.float32, device=dev)
+        a_re = torch.as_tensor(anchors["re"], dtype=torch.float32, device=dev)
+        pools = [np.flatnonzero(anchors["batch"] == c) for c in range(nb)]
+        missing = [self.batches[c] for c in set(codes) if len(pools[c]) == 0]
+        if missing:
+            raise ScMEDALError(f"no anchor cells of batch(es) {missing}; retrain the model with cells of those "
+                               f"batches, or pass method='reference'.")
+        n = prep.X.shape[0]
+        outs: list[list[np.ndarray]] = [[] for _ in codes]
+        with self._threads():
+            for i in range(0, n, batch_size):
+                x = torch.as_tensor(np.ascontiguousarray(prep.X[i:i + batch_size]), dtype=torch.float32, device=dev)
+                z = torch.as_tensor(np.ascontiguousarray(prep.batch_onehot[i:i + batch_size]), dtype=torch.float32,
+                                    device=dev)
+                own = np.asarray(prep.batch[i:i + batch_size])
+                h = re_net.encoder(x, z)
+                f = fe_net.encoder(x)[-1]
+                here_own = torch.zeros_like(h)
+                for c in np.unique(own):
+                    if len(pools[c]) == 0:
+                        continue  # such cells only get their own batch (shift 0) or an error above
+                    sel = torch.as_tensor(np.flatnonzero(own == c), device=dev)
+                    p = torch.as_tensor(pools[c], device=dev)
+                    here_own[sel] = self._neighbour_mean(f[sel], a_fe[p], a_re[p], CF_NEIGHBOURS)
+                for k, t in enumerate(codes):
+                    p = torch.as_tensor(pools[t], device=dev)
+                    shift = self._neighbour_mean(f, a_fe[p], a_re[p], CF_NEIGHBOURS) - here_own
+                    shift[torch.as_tensor(own == t, device=dev)] = 0.0
+                    zt = torch.zeros(x.shape[0], nb, device=dev)
+                    zt[:, t] = 1.0
+                    outs[k].append(re_net.decoder(h + shift, zt).float().cpu().numpy())
+        G = self.recipe.n_genes
+        return [np.concatenate(o).astype(np.float32, copy=False) if o else np.zeros((0, G), np.float32)
+                for o in outs]
+
     def get_counterfactual_expression(self, target_batch, adata=None, scaled: bool = False,
-                                      batch_size: int = 4096) -> np.ndarray:
-        """RE autoencoder in inference mode with every cell's batch one-hot replaced by
-        ``target_batch`` (a batch name or index): each cell's expression as if acquired in that
-        batch, ``(n_cells, n_genes)``, log1p units unless ``scaled=True``."""
+                                      batch_size: int = 4096, method: str = "matched") -> np.ndarray:
+        """Each cell's expression as if acquired in ``target_batch`` (a batch name or index),
+        ``(n_cells, n_genes)``, log1p units unless ``scaled=True``. For a cell's own batch the result is
+        its RE reconstruction.
+
+        ``method="matched"`` (default): the cell's RE latent is shifted by the difference between the
+        mean RE latents of its nearest neighbours in the batch-invariant FE latent among the target
+        batch's and its own batch's training cells, then decoded with the target batch's random
+        effects. ``method="reference"``: METHOD.md literally, the whole RE autoencoder with the
+        one-hot replaced by the target batch (overshoots: see docs/model.md, "Counterfactuals")."""
+        self._check_method(method)
         self._check_kind("re", ("re",))
         b = self._batch_index(target_batch)
-        z = torch.zeros(1, len(self.batches), device=self.device)
-        z[0, b] = 1.0
-        out = self._run("re", self._prepare(adata), "recon", z_override=z, batch_size=int(batch_size))
+        if method == "matched":
+            out = self._matched(self._prepare(adata), [b], batch_size=int(batch_size))[0]
+        else:
+            z = torch.zeros(1, len(self.batches), device=self.device)
+            z[0, b] = 1.0
+            out = self._run("re", self._prepare(adata), "recon", z_override=z, batch_size=int(batch_size))
         return out if scaled else self.recipe.unscale(out).astype(np.float32, copy=False)
 
-    def predict_versions(self, adata=None, batches=None) -> dict:
-        """Every version of the cells at once (preprocessing done once, one stacked RE pass):
+    def predict_versions(self, adata=None, batches=None, method: str = "matched") -> dict:
+        """Every version of the cells at once (preprocessing done once, batched passes):
         ``{"original": X_log, "fe": FE recon, "re": RE recon, "batch": codes, "cf:<b>": counterfactual
-        to batch b for each b in batches}``; expression in log1p units, ``(n_cells, n_genes)`` each."""
+        to batch b for each b in batches}``; expression in log1p units, ``(n_cells, n_genes)`` each.
+        ``method`` as in :meth:`get_counterfactual_expression` (same default)."""
+        self._check_method(method)
         self._check_kind("fe", ("fe",))
         self._check_kind("re", ("re",))
         prep = self._prepare(adata)
@@ -354,7 +471,11 @@ class ScMEDAL:
                "re": unscale(self._run("re", prep, "recon")).astype(np.float32, copy=False),
                "batch": np.asarray(prep.batch)}
         batches = list(batches or [])
-        if batches:
+        if batches and method == "matched":
+            cfs = self._matched(prep, [self._batch_index(b) for b in batches])
+            for b, cf in zip(batches, cfs):
+                out[f"cf:{b}"] = unscale(cf).astype(np.float32, copy=False)
+        elif batches:
             codes = [self._batch_index(b) for b in batches]
             n, nb = prep.X.shape[0], len(self.batches)
             onehot = np.zeros((len(codes) * n, nb), dtype=np.float32)
@@ -415,6 +536,12 @@ class ScMEDAL:
         for kind, net in self.nets.items():
             for k, v in net.state_dict().items():
                 tensors[f"{kind}.{k}"] = v.detach().to("cpu").contiguous()
+        anchors = self._cf_anchors
+        if anchors is None and self._prepared is not None and {"fe", "re"} <= set(self._trained):
+            anchors = self._anchors()
+        if anchors is not None:  # reference cells of the "matched" counterfactual
+            for k in ("fe", "re", "batch"):
+                tensors[f"cf.{k}"] = torch.as_tensor(np.ascontiguousarray(anchors[k]))
         layout = None
         if self.layout is not None:
             layout = self.layout.to_dict()
@@ -465,6 +592,8 @@ class ScMEDAL:
                 raise ModelFileError(f"{path}: the {kind.upper()} weights do not fit the stored configuration "
                                      f"({str(e).splitlines()[0]}); the file is damaged. Re-save or retrain.") from None
             net.to(obj.device).eval()
+        if any(k.startswith("cf.") for k in tensors):
+            obj._cf_anchors = _anchors_from_tensors(path, tensors, int(obj.config["latent"]), len(obj.batches))
         if meta.get("layout") is not None:
             from .genomap import GenomapLayout
 
@@ -474,6 +603,19 @@ class ScMEDAL:
                 raise ModelFileError(f"{path}: the stored genomap layout cannot be read ({e}); re-save the "
                                      f"model.") from None
         return obj
+
+
+def _anchors_from_tensors(path: Path, tensors: dict, latent: int, n_batches: int) -> dict[str, np.ndarray]:
+    try:
+        fe, re_, b = (tensors[f"cf.{k}"].numpy() for k in ("fe", "re", "batch"))
+        ok = (fe.ndim == 2 and fe.shape[1] == latent and re_.shape == fe.shape and b.shape == (fe.shape[0],)
+              and b.dtype == np.int64 and (b.size == 0 or (b.min() >= 0 and b.max() < n_batches)))
+    except KeyError:
+        ok = False
+    if not ok:
+        raise ModelFileError(f"{path}: the counterfactual anchors (cf.fe, cf.re, cf.batch) are incomplete or do "
+                             f"not fit the stored configuration; the file is damaged. Re-save or retrain.")
+    return {"fe": fe.astype(np.float32, copy=False), "re": re_.astype(np.float32, copy=False), "batch": b}
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
