@@ -368,7 +368,7 @@ class ScMEDAL:
 
     def _anchors(self) -> dict[str, np.ndarray]:
         """FE and RE latents (and batch codes) of up to ``CF_ANCHORS_PER_BATCH`` training cells per
-        batch: the reference cells of the "matched" counterfactual. Computed once after training from
+        batch: the reference cells of the "matched" counterfactual. Computed on first use after training from
         the training split (seeded subsample) and saved in the model file."""
         if self._cf_anchors is None:
             self._check_kind("fe", ("fe",))
