@@ -693,9 +693,12 @@ def _report_html(summary, table, panels, res, formats, model) -> str:
         "attributes to moving the cells to batch b. Red circles: the 10 genes varying most across the "
         "counterfactual batches. The arrays of every version (also <i>Counterfactual &rarr; b - Original</i>) "
         "are in the <code>.npz</code> files.</p>",
-        "<p><b>Caveat.</b> The counterfactuals of this implementation overshoot: on this sample they shift "
-        "expression far more than the real between-batch differences (docs/model.md, \"Known defect\"). "
-        "Treat the counterfactual panels and the test below as qualitative until that is resolved.</p>",
+        "<p><b>Reading the counterfactuals.</b> They use the default <code>method=\"matched\"</code> "
+        "(docs/model.md, \"Counterfactuals\"): on this sample they move cells toward the target batch's "
+        "mean for their cell line across protocols (CEL-seq2 &lt;-&gt; Drop-seq); between the CEL-seq2 plates "
+        "the real differences are about the size of sampling noise and the counterfactual shifts are not "
+        "reliable there. The Mann-Whitney test treats every cell x batch genomap as an independent sample, "
+        "as the paper does, so its p-values are optimistic.</p>",
         f"<h3>Overview: one row per cell line</h3><img src='genomap_overview.{img_ext}'>",
     ]
     for p in panels:
