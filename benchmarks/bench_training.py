@@ -17,7 +17,6 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 OUT = Path(__file__).resolve().parent / "results"

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .errors import DataError, ModelFileError, ScMEDALError, TrainingError
-from .models import AE, FE, RE, AETask, FETask, RETask, Tensors, fit, is_cancelled, resolve_device
+from .models import FE, RE, FETask, RETask, Tensors, fit, is_cancelled, resolve_device
 from .nn import set_bn_momentum
 
 __all__ = ["ScMEDAL", "PRESETS", "FILE_FORMAT", "FILE_VERSION", "CF_METHODS", "CF_NEIGHBOURS",

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from torch.nn import functional as F
 
 from ..errors import TrainingError
 from ..nn import clipped_cross_entropy
