@@ -59,3 +59,120 @@ def test_bad_arguments():
         make_synthetic(n_cells=0)
     with pytest.raises(ValueError, match="exceeds n_genes"):
         make_synthetic(n_genes=10, n_labels=3, programme_size=5)
+
+
+# --- streamed .h5ad writer (issue 7: the large out-of-core benchmark file) ---------------------------
+
+import anndata as ad  # noqa: E402
+import h5py  # noqa: E402
+import scipy.sparse as sp  # noqa: E402
+
+from napari_scmedal.data.synthetic import write_synthetic_h5ad  # noqa: E402
+
+SMALL = dict(n_cells=3000, n_genes=200, n_batches=2, n_labels=2, seed=0)
+
+
+def _x_arrays(path):
+    with h5py.File(path, "r") as f:
+        g = f["X"]
+        return {k: g[k][()] for k in ("data", "indices", "indptr")}, dict(g.attrs)
+
+
+def test_streamed_file_reads_in_memory_and_backed(tmp_path):
+    path = write_synthetic_h5ad(tmp_path / "s.h5ad", **SMALL, chunk_cells=512, base_mean=0.5)
+    assert path == tmp_path / "s.h5ad" and path.is_file()
+    arrays, attrs = _x_arrays(path)
+    assert attrs["encoding-type"] == "csr_matrix" and attrs["encoding-version"] == "0.1.0"
+    assert tuple(attrs["shape"]) == (3000, 200)
+    assert arrays["data"].dtype == np.float32 and arrays["indices"].dtype == np.int32
+
+    a = ad.read_h5ad(path)
+    assert a.shape == (3000, 200) and sp.isspmatrix_csr(a.X) and a.X.dtype == np.float32
+    assert a.X.has_sorted_indices and a.X.nnz == arrays["data"].size
+    assert np.all(a.X.data >= 1) and np.all(a.X.data == np.round(a.X.data))
+    assert detect_input_kind(a.X) == "counts"
+    assert list(a.obs["batch"].cat.categories) == ["batch0", "batch1"]
+    assert list(a.obs["cell_type"].cat.categories) == ["type0", "type1"]
+    assert a.varm["batch_effect"].shape == (200, 2) and "programme" in a.var
+    assert a.uns["synthetic"]["generator"] == "write_synthetic_h5ad"
+
+    # the truth (obs, var, varm) is the one make_synthetic draws for the same arguments
+    m = make_synthetic(**SMALL, base_mean=0.5)
+    assert a.obs.equals(m.obs) and a.var.equals(m.var)
+    assert np.array_equal(a.varm["batch_effect"], m.varm["batch_effect"])
+
+    b = ad.read_h5ad(path, backed="r")
+    try:
+        for lo, hi in ((0, 1), (500, 777), (2990, 3000)):
+            rows = b.X[lo:hi]
+            assert rows.shape == (hi - lo, 200) and (rows != a.X[lo:hi]).nnz == 0
+        assert b.obs.equals(a.obs)
+    finally:
+        b.file.close()
+
+
+def test_streamed_counts_follow_the_model_and_carry_the_batch_effect(tmp_path):
+    kw = dict(SMALL, batch_strength=0.5, base_mean=0.5)
+    a = ad.read_h5ad(write_synthetic_h5ad(tmp_path / "s.h5ad", **kw, chunk_cells=700))
+    m = make_synthetic(**kw)  # same NB model, sampled by Poisson-gamma in memory
+    assert abs(a.X.nnz - m.X.nnz) / m.X.nnz < 0.03
+    ga, gm = np.asarray(a.X.mean(0)).ravel(), np.asarray(m.X.mean(0)).ravel()
+    assert abs(ga.sum() / gm.sum() - 1) < 0.03
+    assert np.corrcoef(np.log(ga), np.log(gm))[0, 1] > 0.95
+
+    b = a.obs["batch"].astype(str).to_numpy()
+    observed = np.log(_norm_means(a, b == "batch1") / _norm_means(a, b == "batch0"))
+    truth = np.log(a.varm["batch_effect"][:, 1] / a.varm["batch_effect"][:, 0])
+    assert np.corrcoef(observed, truth)[0, 1] > 0.9
+
+
+def test_streamed_file_default_sparsity_is_umi_like(tmp_path):
+    a = ad.read_h5ad(write_synthetic_h5ad(tmp_path / "s.h5ad", n_cells=1000, n_genes=2916, n_batches=19,
+                                          n_labels=8, seed=0))
+    density = a.X.nnz / (a.shape[0] * a.shape[1])
+    assert 0.05 <= density <= 0.10
+    assert set(a.obs["batch"].cat.categories) == {f"batch{i}" for i in range(19)}
+
+
+def test_streamed_values_are_seeded_and_independent_of_chunk_size(tmp_path):
+    x1, _ = _x_arrays(write_synthetic_h5ad(tmp_path / "a.h5ad", **SMALL, chunk_cells=512))
+    x2, _ = _x_arrays(write_synthetic_h5ad(tmp_path / "b.h5ad", **SMALL, chunk_cells=1000))
+    x3, _ = _x_arrays(write_synthetic_h5ad(tmp_path / "c.h5ad", **SMALL, chunk_cells=1))
+    for k in x1:
+        assert np.array_equal(x1[k], x2[k]) and np.array_equal(x1[k], x3[k]), k
+    x4, _ = _x_arrays(write_synthetic_h5ad(tmp_path / "d.h5ad", **dict(SMALL, seed=1), chunk_cells=512))
+    assert not (x1["indptr"].shape == x4["indptr"].shape and np.array_equal(x1["indptr"], x4["indptr"])
+                and np.array_equal(x1["indices"], x4["indices"]))
+
+
+def test_streamed_writer_refuses_to_overwrite(tmp_path):
+    target = tmp_path / "s.h5ad"
+    target.write_bytes(b"user data")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        write_synthetic_h5ad(target, **SMALL)
+    assert target.read_bytes() == b"user data"
+    write_synthetic_h5ad(target, **SMALL, overwrite=True)
+    assert ad.read_h5ad(target).shape == (3000, 200)
+    with pytest.raises(ValueError, match="chunk_cells"):
+        write_synthetic_h5ad(tmp_path / "t.h5ad", **SMALL, chunk_cells=0)
+
+
+def test_failure_mid_write_leaves_no_partial_file(tmp_path):
+    seen = []
+
+    def boom(info):
+        seen.append(info)
+        if len(seen) == 2:
+            raise RuntimeError("disk full (simulated)")
+
+    target = tmp_path / "s.h5ad"
+    with pytest.raises(RuntimeError, match="simulated"):
+        write_synthetic_h5ad(target, **SMALL, chunk_cells=512, progress=boom)
+    assert seen[0]["cells_written"] == 512 and seen[0]["n_cells"] == 3000 and seen[0]["nnz"] > 0
+    assert list(tmp_path.iterdir()) == []  # neither the target nor a temporary file
+
+    target.write_bytes(b"old")  # an existing file survives a failed overwrite
+    seen.clear()
+    with pytest.raises(RuntimeError):
+        write_synthetic_h5ad(target, **SMALL, chunk_cells=512, overwrite=True, progress=boom)
+    assert target.read_bytes() == b"old" and list(tmp_path.iterdir()) == [target]
