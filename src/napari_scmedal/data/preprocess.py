@@ -61,6 +61,39 @@ def _float32(X):
     return np.array(X, dtype=np.float32, copy=True)
 
 
+def make_recipe(genes, batch_key, label_key, batches, labels, kind, layer, scale_min=0.0, scale_max=1.0,
+                normalization_genes=None) -> Recipe:
+    """The Recipe of this preprocessing (in memory and out of core alike)."""
+    return Recipe(
+        genes=list(genes), batch_key=str(batch_key), label_key=None if label_key is None else str(label_key),
+        batches=list(batches), labels=None if labels is None else list(labels), input_kind=kind, layer=layer,
+        target_sum=TARGET_SUM if kind == "counts" else None, scale_min=float(scale_min), scale_max=float(scale_max),
+        normalization_genes=list(normalization_genes) if kind == "counts" else None,
+        min_genes_per_cell=MIN_GENES_PER_CELL, min_cells_per_gene=MIN_CELLS_PER_GENE,
+    )
+
+
+def _log_expression(adata, cells, genes, normalization_genes, kind, layer) -> np.ndarray:
+    """float32 log1p-normalised expression of ``genes`` for ``cells`` (library size over
+    ``normalization_genes``), computed with :meth:`Recipe.log_block`."""
+    provisional = make_recipe(genes, "_", None, ["_"], None, kind, layer, normalization_genes=normalization_genes)
+    names = pd.Index(adata.var_names.astype(str))
+    idx = names.get_indexer(genes)
+    norm_idx = None
+    if kind == "counts":
+        ni = names.get_indexer(normalization_genes)
+        norm_idx = None if ni.size == adata.n_vars else np.sort(ni)
+    rows = adata.obs_names.get_indexer(cells)
+    X = get_matrix(adata, layer)
+    if sp.issparse(X) and X.format != "csr":
+        X = X.tocsr()
+    out = np.empty((len(rows), len(genes)), dtype=np.float32)
+    step = 8192
+    for a in range(0, len(rows), step):
+        out[a:a + step] = provisional.log_block(X[rows[a:a + step]], idx, norm_idx)[0]
+    return out
+
+
 def prepare_training(
     adata,
     batch_key: str,
@@ -122,10 +155,10 @@ def prepare_training(
     if len(genes) != n_genes:  # scanpy cuts ties by rank; guard anyway
         raise DataError(f"Highly-variable-gene selection returned {len(genes)} genes instead of {n_genes}. "
                         "Lower n_genes or check the data for many constant genes.")
-    X_log = work.X[:, hv]
-    X_log = (X_log.toarray() if sp.issparse(X_log) else np.asarray(X_log)).astype(np.float32, copy=False)
     del work
-
+    # The model-space values come from the recipe's own block arithmetic (Recipe.log_block), the same
+    # code that recipe.transform and the out-of-core reader run, so all three agree bit for bit.
+    X_log = _log_expression(adata, cells, genes, normalization_genes, kind, layer)
     label_values = None if label_key is None else adata.obs[label_key].loc[cells].astype(str)
     splits = stratified_split(batch_values.to_numpy(),
                               None if label_values is None else label_values.to_numpy(),
@@ -140,14 +173,8 @@ def prepare_training(
 
     batches = sorted(batch_values.unique())
     labels = None if label_values is None else sorted(label_values.unique())
-    recipe = Recipe(
-        genes=genes, batch_key=str(batch_key), label_key=None if label_key is None else str(label_key),
-        batches=batches, labels=labels, input_kind=kind, layer=layer,
-        target_sum=TARGET_SUM if kind == "counts" else None,
-        scale_min=scale_min, scale_max=scale_max,
-        normalization_genes=normalization_genes if kind == "counts" else None,
-        min_genes_per_cell=MIN_GENES_PER_CELL, min_cells_per_gene=MIN_CELLS_PER_GENE,
-    )
+    recipe = make_recipe(genes, batch_key, label_key, batches, labels, kind, layer, scale_min, scale_max,
+                         normalization_genes)
     batch = recipe.batch_codes(batch_values.to_numpy())
     label = None if labels is None else recipe.label_codes(label_values.to_numpy())
     prepared = Prepared(
@@ -161,4 +188,4 @@ def prepare_training(
     return TrainingData(adata=out, recipe=recipe, prepared=prepared, splits=splits)
 
 
-__all__ = ["prepare_training", "TrainingData", "TARGET_SUM", "MIN_GENES_PER_CELL", "MIN_CELLS_PER_GENE"]
+__all__ = ["prepare_training", "make_recipe", "TrainingData", "TARGET_SUM", "MIN_GENES_PER_CELL", "MIN_CELLS_PER_GENE"]

@@ -63,6 +63,16 @@ class Prepared:
         )
 
 
+def size_factors(block, norm_idx, target_sum: float) -> np.ndarray:
+    """float32 per-row factors ``target_sum / library size`` (0 for empty rows) of a block of raw counts;
+    the library size is the row sum over the columns ``norm_idx`` (None = all columns)."""
+    tot_src = block if norm_idx is None else block[:, norm_idx]
+    totals = np.asarray(tot_src.sum(axis=1), dtype=np.float64).ravel()
+    factor = np.zeros_like(totals)
+    np.divide(target_sum, totals, out=factor, where=totals > 0)
+    return factor.astype(np.float32)
+
+
 def one_hot(codes: np.ndarray, n: int) -> np.ndarray:
     """float32 one-hot rows; codes of -1 give all-zero rows."""
     out = np.zeros((len(codes), n), dtype=np.float32)
@@ -222,29 +232,44 @@ class Recipe:
         vmax = 0.0
         for start in range(0, adata.n_obs, _CHUNK_ROWS):
             stop = min(start + _CHUNK_ROWS, adata.n_obs)
-            block = X[start:stop]
-            sub = block[:, idx]
-            sub = sub.toarray() if sp.issparse(sub) else np.asarray(sub)
-            sub = sub.astype(np.float32, copy=False)
-            if not np.all(np.isfinite(sub)):
-                raise DataError(f"{where} contains NaN or infinite values in the model's genes. "
-                                "Remove or impute them before applying the model.")
-            if np.any(sub < 0):
-                raise DataError(f"{where} contains negative values in the model's genes; expected "
-                                f"{'raw counts' if self.input_kind == 'counts' else 'log1p-normalised data'}. "
-                                "Pass unscaled data (e.g. layer='counts').")
-            n_nonint += int(np.count_nonzero(sub != np.round(sub)))
-            vmax = max(vmax, float(sub.max(initial=0.0)))
-            if self.input_kind == "counts":
-                if norm_idx is None:
-                    tot_src = block
-                else:
-                    tot_src = block[:, norm_idx]
-                totals = np.asarray(tot_src.sum(axis=1), dtype=np.float64).ravel()
-                factor = np.zeros_like(totals)
-                np.divide(self.target_sum, totals, out=factor, where=totals > 0)
-                sub = np.log1p(sub * factor.astype(np.float32)[:, None])
+            sub, k, m = self.log_block(X[start:stop], idx, norm_idx, where)
+            n_nonint += k
+            vmax = max(vmax, m)
             X_log[start:stop] = sub
+        self.check_kind(n_nonint, vmax, where)
+        return Prepared(
+            X=self.scale(X_log), X_log=X_log, batch=batch, batch_onehot=one_hot(batch, self.n_batches),
+            label=label, label_onehot=None if label is None else one_hot(label, self.n_labels),
+            obs_names=pd.Index(adata.obs_names.copy()),
+        )
+
+    def log_block(self, block, idx, norm_idx, where: str = "adata.X"):
+        """log1p-normalised recipe genes of one block of rows (all genes of the source, any format).
+
+        ``idx``: column positions of the recipe genes in ``block``; ``norm_idx``: sorted column
+        positions of the normalisation genes (None = every column). Returns ``(X_log float32 (n, G),
+        number of non-integer values, maximum value)`` and raises DataError for NaN/inf or negative
+        values. The single implementation of the per-cell arithmetic: the in-memory preprocessing,
+        :meth:`transform` and the out-of-core reader all call it, so they agree bit for bit.
+        """
+        sub = block[:, idx]
+        sub = sub.toarray() if sp.issparse(sub) else np.asarray(sub)
+        sub = sub.astype(np.float32, copy=False)
+        if not np.all(np.isfinite(sub)):
+            raise DataError(f"{where} contains NaN or infinite values in the model's genes. "
+                            "Remove or impute them before applying the model.")
+        if np.any(sub < 0):
+            raise DataError(f"{where} contains negative values in the model's genes; expected "
+                            f"{'raw counts' if self.input_kind == 'counts' else 'log1p-normalised data'}. "
+                            "Pass unscaled data (e.g. layer='counts').")
+        n_nonint = int(np.count_nonzero(sub != np.round(sub)))
+        vmax = float(sub.max(initial=0.0))
+        if self.input_kind == "counts":
+            sub = np.log1p(sub * size_factors(block, norm_idx, self.target_sum)[:, None])
+        return sub, n_nonint, vmax
+
+    def check_kind(self, n_nonint: int, vmax: float, where: str = "adata.X") -> None:
+        """Raise RecipeMismatchError when data look like the other input kind than the recipe's."""
         if self.input_kind == "counts" and n_nonint:
             raise RecipeMismatchError(
                 f"The model was trained on raw counts but {where} has {n_nonint} non-integer values in its genes "
@@ -261,11 +286,6 @@ class Recipe:
                 f"The model was trained on log-normalised data but {where} has values up to {vmax:.4g}, "
                 "too large for log1p data. Pass log1p-normalised data."
             )
-        return Prepared(
-            X=self.scale(X_log), X_log=X_log, batch=batch, batch_onehot=one_hot(batch, self.n_batches),
-            label=label, label_onehot=None if label is None else one_hot(label, self.n_labels),
-            obs_names=pd.Index(adata.obs_names.copy()),
-        )
 
     # ----------------------------------------------------------------- serialisation
     def to_dict(self) -> dict:
@@ -317,4 +337,4 @@ class Recipe:
         )
 
 
-__all__ = ["Recipe", "Prepared", "one_hot", "RECIPE_FORMAT", "RECIPE_VERSION"]
+__all__ = ["Recipe", "Prepared", "one_hot", "size_factors", "RECIPE_FORMAT", "RECIPE_VERSION"]

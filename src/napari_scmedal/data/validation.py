@@ -167,6 +167,19 @@ def validate_adata(
     NaN or inf values, negative values, non-integer values with ``input_kind="counts"``, non-integer
     values too large to be log-normalised (auto mode), and fewer genes than ``n_genes``.
     """
+    validate_metadata(adata, batch_key, label_key=label_key, input_kind=input_kind, n_genes=n_genes,
+                      min_cells_per_batch=min_cells_per_batch)
+    X = get_matrix(adata, layer)
+    if X is None:
+        raise DataError("adata.X is None. Put the expression matrix in X or pass layer=... naming the layer holding it.")
+    where = f"adata.layers[{layer!r}]" if layer else "adata.X"
+    return check_value_summary(_summary(X), where, input_kind)
+
+
+def validate_metadata(adata, batch_key: str, label_key: str | None = None, input_kind: str = "auto",
+                      n_genes: int | None = None, min_cells_per_batch: int = 5) -> None:
+    """The checks of :func:`validate_adata` that need only ``obs``/``var`` (no expression values):
+    used as is by the out-of-core reader, which checks the values while it streams them."""
     if input_kind not in INPUT_KINDS:
         raise DataError(f"input_kind={input_kind!r} is not one of {list(INPUT_KINDS)}. Use 'auto' unless "
                         "you know the data is raw counts ('counts') or log1p-normalised ('lognorm').")
@@ -200,11 +213,21 @@ def validate_adata(
             f"Pass n_genes={adata.n_vars} or fewer (the genomap then uses a smaller grid)."
         )
 
-    X = get_matrix(adata, layer)
-    if X is None:
-        raise DataError("adata.X is None. Put the expression matrix in X or pass layer=... naming the layer holding it.")
-    where = f"adata.layers[{layer!r}]" if layer else "adata.X"
-    s = _summary(X)
+
+def merge_summaries(a: dict, b: dict) -> dict:
+    """Combine two value summaries (see :func:`_summary`) of disjoint parts of one matrix."""
+    out = {k: a[k] + b[k] for k in ("nan", "inf", "negative", "non_integer")}
+    out["min"] = min(a["min"], b["min"])
+    out["max"] = max(a["max"], b["max"])
+    return out
+
+
+def check_value_summary(s: dict, where: str, input_kind: str = "auto") -> str:
+    """Raise DataError for non-finite/negative/wrong-kind values summarised in ``s``; return the input kind.
+
+    ``s`` is a value summary (``_summary`` of the whole matrix, or the :func:`merge_summaries` of its
+    row blocks, as the out-of-core reader does); ``where`` names the matrix in messages.
+    """
     if s["nan"] or s["inf"]:
         raise DataError(
             f"{where} contains {s['nan']} NaN and {s['inf']} infinite values. "
@@ -238,5 +261,6 @@ def validate_adata(
     return "lognorm"
 
 
-__all__ = ["detect_input_kind", "validate_adata", "get_matrix", "iter_values", "check_batches",
+__all__ = ["detect_input_kind", "validate_adata", "validate_metadata", "check_value_summary", "merge_summaries",
+           "get_matrix", "iter_values", "check_batches",
            "INPUT_KINDS", "LOGNORM_MAX"]
