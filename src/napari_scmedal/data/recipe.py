@@ -183,49 +183,12 @@ class Recipe:
         the wrong kind (counts vs log-normalised), or (with ``require_labels``) missing/unknown labels.
         """
         layer = self.layer if layer is _UNSET else layer
-        if self.batch_key not in adata.obs.columns:
-            raise RecipeMismatchError(
-                f"The model's batch key {self.batch_key!r} is not a column of adata.obs "
-                f"(available: {[str(c) for c in adata.obs.columns]}). Add it (values among "
-                f"{_first(self.batches)}) so cells can be matched to the model's batches."
-            )
-        names = pd.Index(adata.var_names.astype(str))
-        if not names.is_unique:
-            dup = names[names.duplicated()].unique()
-            raise DataError(f"{len(dup)} gene names occur more than once in adata.var_names: {_first(dup)}. "
-                            "Make them unique first with adata.var_names_make_unique().")
-        idx = names.get_indexer(self.genes)
-        if np.any(idx < 0):
-            missing = [g for g, i in zip(self.genes, idx) if i < 0]
-            raise RecipeMismatchError(
-                f"{len(missing)} of the model's {self.n_genes} genes are missing from the data: {_first(missing)}. "
-                "Use data with the same gene identifiers as training (e.g. symbols vs Ensembl IDs in var_names); "
-                "genes absent from a panel cannot be filled in."
-            )
-        batch = self.batch_codes(adata.obs[self.batch_key].to_numpy())
-        if self.label_key is not None and self.label_key in adata.obs.columns:
-            label = self.label_codes(adata.obs[self.label_key].to_numpy(), require_labels=require_labels)
-        elif self.label_key is not None and require_labels:
-            raise RecipeMismatchError(
-                f"require_labels=True but the label key {self.label_key!r} is not a column of adata.obs "
-                f"(available: {[str(c) for c in adata.obs.columns]}). Add it or use require_labels=False."
-            )
-        elif self.label_key is None and require_labels:
-            raise RecipeMismatchError("require_labels=True but the model was trained without labels.")
-        else:
-            label = None
-
+        idx, norm_idx, batch, label = self.align(adata.obs, adata.var_names, require_labels)
         try:
             X = get_matrix(adata, layer)
         except DataError as exc:
             raise RecipeMismatchError(f"{exc} (The model was trained on {'layer ' + repr(self.layer) if self.layer else 'X'}; "
                                       "pass layer=... to transform to read another one.)") from exc
-        norm_idx = None
-        if self.input_kind == "counts" and self.normalization_genes is not None:
-            ni = names.get_indexer(self.normalization_genes)
-            norm_idx = np.sort(ni[ni >= 0])
-            if norm_idx.size == adata.n_vars:  # every gene counts: no column slicing needed
-                norm_idx = None
         X_log = np.empty((adata.n_obs, self.n_genes), dtype=np.float32)
         where = f"adata.layers[{layer!r}]" if layer else "adata.X"
         n_nonint = 0
@@ -242,6 +205,54 @@ class Recipe:
             label=label, label_onehot=None if label is None else one_hot(label, self.n_labels),
             obs_names=pd.Index(adata.obs_names.copy()),
         )
+
+    def align(self, obs, var_names, require_labels: bool = False):
+        """Match a data set's cells and genes to the recipe without reading expression values.
+
+        Returns ``(idx, norm_idx, batch, label)``: column positions of the recipe genes in ``var_names``,
+        sorted positions of the normalisation genes present (None = all columns), int64 batch codes
+        and label codes (or None). Raises RecipeMismatchError for a missing batch key, missing genes,
+        unknown batches and (with ``require_labels``) missing/unknown labels.
+        """
+        if self.batch_key not in obs.columns:
+            raise RecipeMismatchError(
+                f"The model's batch key {self.batch_key!r} is not a column of adata.obs "
+                f"(available: {[str(c) for c in obs.columns]}). Add it (values among "
+                f"{_first(self.batches)}) so cells can be matched to the model's batches."
+            )
+        names = pd.Index(var_names.astype(str))
+        if not names.is_unique:
+            dup = names[names.duplicated()].unique()
+            raise DataError(f"{len(dup)} gene names occur more than once in adata.var_names: {_first(dup)}. "
+                            "Make them unique first with adata.var_names_make_unique().")
+        idx = names.get_indexer(self.genes)
+        if np.any(idx < 0):
+            missing = [g for g, i in zip(self.genes, idx) if i < 0]
+            raise RecipeMismatchError(
+                f"{len(missing)} of the model's {self.n_genes} genes are missing from the data: {_first(missing)}. "
+                "Use data with the same gene identifiers as training (e.g. symbols vs Ensembl IDs in var_names); "
+                "genes absent from a panel cannot be filled in."
+            )
+        batch = self.batch_codes(obs[self.batch_key].to_numpy())
+        if self.label_key is not None and self.label_key in obs.columns:
+            label = self.label_codes(obs[self.label_key].to_numpy(), require_labels=require_labels)
+        elif self.label_key is not None and require_labels:
+            raise RecipeMismatchError(
+                f"require_labels=True but the label key {self.label_key!r} is not a column of adata.obs "
+                f"(available: {[str(c) for c in obs.columns]}). Add it or use require_labels=False."
+            )
+        elif self.label_key is None and require_labels:
+            raise RecipeMismatchError("require_labels=True but the model was trained without labels.")
+        else:
+            label = None
+
+        norm_idx = None
+        if self.input_kind == "counts" and self.normalization_genes is not None:
+            ni = names.get_indexer(self.normalization_genes)
+            norm_idx = np.sort(ni[ni >= 0])
+            if norm_idx.size == len(names):  # every gene counts: no column slicing needed
+                norm_idx = None
+        return idx, norm_idx, batch, label
 
     def log_block(self, block, idx, norm_idx, where: str = "adata.X"):
         """log1p-normalised recipe genes of one block of rows (all genes of the source, any format).
