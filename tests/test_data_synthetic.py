@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import anndata as ad
+import h5py
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from napari_scmedal.data import detect_input_kind
-from napari_scmedal.data.synthetic import make_synthetic
+from napari_scmedal.data.synthetic import make_synthetic, write_synthetic_h5ad
 
 
 def _norm_means(a, mask):
@@ -63,13 +66,7 @@ def test_bad_arguments():
 
 # --- streamed .h5ad writer (issue 7: the large out-of-core benchmark file) ---------------------------
 
-import anndata as ad  # noqa: E402
-import h5py  # noqa: E402
-import scipy.sparse as sp  # noqa: E402
-
-from napari_scmedal.data.synthetic import write_synthetic_h5ad  # noqa: E402
-
-SMALL = dict(n_cells=3000, n_genes=200, n_batches=2, n_labels=2, seed=0)
+SMALL = {"n_cells": 3000, "n_genes": 200, "n_batches": 2, "n_labels": 2, "seed": 0}
 
 
 def _x_arrays(path):
@@ -85,12 +82,15 @@ def test_streamed_file_reads_in_memory_and_backed(tmp_path):
     assert attrs["encoding-type"] == "csr_matrix" and attrs["encoding-version"] == "0.1.0"
     assert tuple(attrs["shape"]) == (3000, 200)
     assert arrays["data"].dtype == np.float32 and arrays["indices"].dtype == np.int32
+    assert arrays["indptr"].dtype == arrays["indices"].dtype  # scipy needs one index dtype
 
     a = ad.read_h5ad(path)
     assert a.shape == (3000, 200) and sp.isspmatrix_csr(a.X) and a.X.dtype == np.float32
     assert a.X.has_sorted_indices and a.X.nnz == arrays["data"].size
     assert np.all(a.X.data >= 1) and np.all(a.X.data == np.round(a.X.data))
     assert detect_input_kind(a.X) == "counts"
+    lib = a.obs["library_size"].to_numpy()[:, None]
+    assert np.allclose(a.X.multiply(1 / lib).toarray(), a.X.toarray() / lib)  # scipy ops work (tocoo)
     assert list(a.obs["batch"].cat.categories) == ["batch0", "batch1"]
     assert list(a.obs["cell_type"].cat.categories) == ["type0", "type1"]
     assert a.varm["batch_effect"].shape == (200, 2) and "programme" in a.var

@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import anndata as ad
 import numpy as np
@@ -74,9 +74,9 @@ def _draw_truth(rng, n_cells, n_genes, n_batches, n_labels, *, batch_strength, p
     batch_effect = np.exp(rng.normal(0.0, batch_strength, size=(n_batches, n_genes)))
     batch_depth = np.exp(rng.normal(0.0, batch_strength / 2, size=n_batches))
     library = rng.lognormal(0.0, library_sd, size=n_cells) * batch_depth[batch]
-    return dict(combos=combos, batch=batch, label=label, mu=mu, programme=programme,
-                type_factor=type_factor, batch_effect=batch_effect, batch_depth=batch_depth,
-                library=library, programme_size=programme_size)
+    return {"combos": combos, "batch": batch, "label": label, "mu": mu, "programme": programme,
+                "type_factor": type_factor, "batch_effect": batch_effect, "batch_depth": batch_depth,
+                "library": library, "programme_size": programme_size}
 
 
 def _annotations(t: dict, n_batches, n_labels, batch_key, label_key):
@@ -233,12 +233,13 @@ def write_synthetic_h5ad(
 ) -> Path:
     """Stream a synthetic count matrix of the :func:`make_synthetic` model into an ``.h5ad`` file.
 
-    ``X`` is written in anndata's on-disk CSR encoding (integer counts stored as float32, int32
-    column indices, int64 ``indptr``), chunk by chunk, so memory is bounded by ``chunk_cells`` (plus
-    the O(n_cells) obs table), never by the matrix. ``obs``, ``var``, ``varm["batch_effect"]`` and
-    ``uns["synthetic"]`` are written with ``anndata.io.write_elem`` and carry the same truth as
-    :func:`make_synthetic`: with equal arguments the obs, var and varm are identical to it. Both
-    ``anndata.read_h5ad(path)`` and ``anndata.read_h5ad(path, backed="r")`` read the result.
+    ``X`` is written in anndata's on-disk CSR encoding (integer counts stored as float32; ``indices``
+    and ``indptr`` int32 when ``n_cells * n_genes`` fits int32, else both int64), chunk by chunk, so
+    memory is bounded by ``chunk_cells`` (plus the O(n_cells) obs table), never by the matrix.
+    ``obs``, ``var``, ``varm["batch_effect"]`` and ``uns["synthetic"]`` are written with
+    ``anndata.io.write_elem`` and carry the same truth as :func:`make_synthetic`: with equal
+    arguments the obs, var and varm are identical to it. Both ``anndata.read_h5ad(path)`` and
+    ``anndata.read_h5ad(path, backed="r")`` read the result.
 
     Counts follow the same negative-binomial model (mean ``library * mu * programme * batch_effect``,
     inverse dispersion ``theta``), but they are sampled by an exact inverse-CDF method that only does
@@ -276,8 +277,6 @@ def write_synthetic_h5ad(
         raise ValueError(f"chunk_cells must be >= 1, got {chunk_cells}")
     if theta <= 0 or base_mean <= 0:
         raise ValueError(f"theta and base_mean must be > 0, got theta={theta}, base_mean={base_mean}")
-    if n_genes > np.iinfo(np.int32).max:
-        raise ValueError("n_genes must fit the int32 column indices of the CSR matrix")
 
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -315,8 +314,10 @@ def write_synthetic_h5ad(
             X.attrs["shape"] = np.array([n_cells, n_genes], dtype=np.int64)
             chunk = 1 << 18
             data = X.create_dataset("data", shape=(0,), maxshape=(None,), dtype=np.float32, chunks=(chunk,))
-            indices = X.create_dataset("indices", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(chunk,))
-            indptr = X.create_dataset("indptr", shape=(n_cells + 1,), dtype=np.int64)
+            # scipy needs indices and indptr of one dtype: int32 when every possible nnz fits it
+            index_dtype = np.int32 if n_cells * n_genes <= np.iinfo(np.int32).max else np.int64
+            indices = X.create_dataset("indices", shape=(0,), maxshape=(None,), dtype=index_dtype, chunks=(chunk,))
+            indptr = X.create_dataset("indptr", shape=(n_cells + 1,), dtype=index_dtype)
             indptr[0] = 0
 
             nnz = 0
@@ -330,7 +331,7 @@ def write_synthetic_h5ad(
                 mean = combo_means[combos[lo:hi]] * library[lo:hi, None]
                 rows, cols, counts = _sample_nb_rows(brng, mean, theta)
                 buf_counts.append(counts)
-                buf_cols.append(cols.astype(np.int32))
+                buf_cols.append(cols.astype(index_dtype))
                 buf_rowlen.append(np.bincount(rows, minlength=hi - lo))
                 buffered += hi - lo
                 if buffered >= chunk_cells or hi == n_cells:
@@ -351,4 +352,4 @@ def write_synthetic_h5ad(
     return path
 
 
-__all__ = ["make_synthetic", "write_synthetic_h5ad", "RNG_BLOCK_CELLS"]
+__all__ = ["RNG_BLOCK_CELLS", "make_synthetic", "write_synthetic_h5ad"]
