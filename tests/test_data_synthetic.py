@@ -140,6 +140,7 @@ def test_streamed_values_are_seeded_and_independent_of_chunk_size(tmp_path):
     x3, _ = _x_arrays(write_synthetic_h5ad(tmp_path / "c.h5ad", **SMALL, chunk_cells=1))
     for k in x1:
         assert np.array_equal(x1[k], x2[k]) and np.array_equal(x1[k], x3[k]), k
+    assert (tmp_path / "a.h5ad").read_bytes() == (tmp_path / "b.h5ad").read_bytes()  # byte-identical files
     x4, _ = _x_arrays(write_synthetic_h5ad(tmp_path / "d.h5ad", **dict(SMALL, seed=1), chunk_cells=512))
     assert not (x1["indptr"].shape == x4["indptr"].shape and np.array_equal(x1["indptr"], x4["indptr"])
                 and np.array_equal(x1["indices"], x4["indices"]))
