@@ -104,20 +104,54 @@ class ScMEDAL:
 
     def __init__(self, adata, batch_key: str = "batch", label_key: str | None = None, n_genes: int = 2916,
                  layer: str | None = None, seed: int = 0, preset: str = "paper", device=None,
-                 threads: int | None = None, **hyperparameters):
+                 threads: int | None = None, backed: bool | None = None, chunk_cells: int | None = None,
+                 **hyperparameters):
         from .data import prepare_training
+        from .data.ondisk import DEFAULT_CHUNK_CELLS, is_on_disk, stream_prepare
 
         config = self._make_config(preset, hyperparameters)
-        td = prepare_training(adata, batch_key, label_key=label_key, n_genes=n_genes, layer=layer,
-                              input_kind=config["input_kind"], split_seed=config["split_seed"],
-                              split_fractions=tuple(config["split_fractions"]))
-        self._init_common(td.recipe, config, preset, seed, device, threads)
-        self._adata = td.adata
-        self._prepared = td.prepared
-        names = [str(n) for n in td.prepared.obs_names]
-        self.splits = {k: [names[i] for i in np.asarray(v)] for k, v in td.splits.items()}
-        self._split_idx = {k: np.asarray(v, dtype=np.int64) for k, v in td.splits.items()}
+        on_disk = is_on_disk(adata)
+        if backed and not on_disk:
+            raise DataError("backed=True trains out of core from a file: pass the path of the .h5ad file (or "
+                            "anndata.read_h5ad(path, backed='r')) instead of an in-memory AnnData.")
+        if on_disk and backed is False:  # a path, but the user wants it in memory
+            from .data import read_h5ad
+
+            adata = read_h5ad(getattr(adata, "filename", None) or getattr(adata, "path", None) or adata, layer=None)
+            on_disk = False
+        if on_disk:
+            comm = self._comm()
+            self._plan = stream_prepare(adata, batch_key, label_key=label_key, n_genes=n_genes, layer=layer,
+                                        input_kind=config["input_kind"], split_seed=config["split_seed"],
+                                        split_fractions=tuple(config["split_fractions"]),
+                                        chunk_cells=int(chunk_cells or DEFAULT_CHUNK_CELLS), comm=comm)
+            recipe, splits, names = self._plan.recipe, self._plan.splits, self._plan.obs_names
+        else:
+            td = prepare_training(adata, batch_key, label_key=label_key, n_genes=n_genes, layer=layer,
+                                  input_kind=config["input_kind"], split_seed=config["split_seed"],
+                                  split_fractions=tuple(config["split_fractions"]))
+            recipe, splits, names = td.recipe, td.splits, td.prepared.obs_names
+        plan = self._plan if on_disk else None
+        self._init_common(recipe, config, preset, seed, device, threads)
+        self._plan = plan
+        if not on_disk:
+            self._adata = td.adata
+            self._prepared = td.prepared
+        names = [str(n) for n in names]
+        self.splits = {k: [names[i] for i in np.asarray(v)] for k, v in splits.items()}
+        self._split_idx = {k: np.asarray(v, dtype=np.int64) for k, v in splits.items()}
         self._build_networks()
+
+    @staticmethod
+    def _comm():
+        from .distributed import Comm
+
+        return Comm()
+
+    @property
+    def backed(self) -> bool:
+        """True when the model trains out of core from an on-disk .h5ad (see docs/scaling.md)."""
+        return self._plan is not None
 
     # ------------------------------------------------------------------ setup
     @staticmethod
@@ -141,12 +175,16 @@ class ScMEDAL:
         self.preset = preset
         self.seed = int(seed)
         self.device = resolve_device(device)
+        if self.device.type == "cuda" and self.device.index is None and self._comm().world > 1:
+            self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")  # one GPU per rank
         self.threads = None if threads is None else int(threads)
         self.history: dict[str, dict] = {}
         self.layout = None
         self._trained: list[str] = []
         self._adata = None
         self._prepared = None
+        self._plan = None
+        self._backed_adata = None
         self.splits: dict[str, list[str]] = {}
         self._split_idx: dict[str, np.ndarray] = {}
         self._cf_anchors: dict[str, np.ndarray] | None = None
@@ -208,7 +246,8 @@ class ScMEDAL:
         return _Ctx()
 
     def train(self, max_epochs: int | None = None, patience: int | None = None, batch_size: int | None = None,
-              progress=None, cancel=None) -> "ScMEDAL":
+              progress=None, cancel=None, *, precision: str = "fp32", data_on_device="auto",
+              max_steps_per_epoch: int | None = None, buffer_blocks: int = 4) -> "ScMEDAL":
         """Train FE, then FEC (when a label key is given), then RE; return ``self``.
 
         ``max_epochs``/``patience``/``batch_size`` default to the preset's. ``progress(info)`` is
@@ -217,8 +256,15 @@ class ScMEDAL:
         when it turns true training stops and the best weights so far are kept (later models are
         not trained). A NaN/inf loss raises :class:`TrainingError` with the best weights kept.
         Calling ``train`` again continues from the current weights with fresh optimisers.
+
+        Scaling options (docs/scaling.md): ``precision="bf16"`` autocasts the forward passes to
+        bfloat16 (for CUDA); ``data_on_device`` ("auto", True, False) keeps in-memory training data on
+        the training device when it fits (auto: always on CPU, on CUDA when it takes at most half of
+        the free memory) or in pinned host memory otherwise; ``max_steps_per_epoch`` caps the
+        minibatches of an epoch; ``buffer_blocks``: file blocks shuffled together when training out of
+        core. Inside ``torchrun`` every process trains its shard with DistributedDataParallel.
         """
-        if self._prepared is None:
+        if self._prepared is None and self._plan is None:
             raise DataError("this model was loaded from a file and has no training data attached; train a new "
                             "model with ScMEDAL(adata, ...) instead.")
         c = self.config
@@ -228,10 +274,16 @@ class ScMEDAL:
         if max_epochs < 1 or patience < 1 or batch_size < 2:
             raise ScMEDALError(f"need max_epochs >= 1, patience >= 1 and batch_size >= 2 (got {max_epochs}, "
                                f"{patience}, {batch_size}).")
-        p = self._prepared
+        if max_steps_per_epoch is not None and int(max_steps_per_epoch) < 1:
+            raise ScMEDALError(f"max_steps_per_epoch must be at least 1 (got {max_steps_per_epoch}).")
+        from .models.training import PRECISIONS
+
+        if precision not in PRECISIONS:
+            raise ScMEDALError(f"precision={precision!r} is not one of {list(PRECISIONS)} ('bf16' is meant for "
+                               f"CUDA GPUs).")
+        comm = self._comm()
         self._cf_anchors = None  # the weights change: anchors are recomputed from the trained networks
-        tr = Tensors.from_prepared(p, self._split_idx["train"], self.device)
-        va = Tensors.from_prepared(p, self._split_idx["val"], self.device)
+        tr, va = self._sources(data_on_device, buffer_blocks)
         order = [k for k in ("fe", "fec", "re") if k in self.nets]
         devs = [self.device.index or 0] if self.device.type == "cuda" else []
         with self._threads(), torch.random.fork_rng(devices=devs):
@@ -241,7 +293,8 @@ class ScMEDAL:
                 task = self._task(kind)
                 try:
                     hist = fit(task, tr, va, max_epochs=max_epochs, patience=patience, batch_size=batch_size,
-                               seed=self.seed + 1000 * i, progress=progress, cancel=cancel)
+                               seed=self.seed + 1000 * i, progress=progress, cancel=cancel, comm=comm,
+                               max_steps_per_epoch=max_steps_per_epoch, precision=precision)
                 except TrainingError as e:
                     self.nets[kind].eval()
                     hist = getattr(e, "history", None)
@@ -250,13 +303,33 @@ class ScMEDAL:
                         if hist["best_epoch"] is not None and kind not in self._trained:
                             self._trained.append(kind)
                     raise
-                hist["config"] = {"max_epochs": max_epochs, "patience": patience, "batch_size": batch_size}
+                hist["config"] = {"max_epochs": max_epochs, "patience": patience, "batch_size": batch_size,
+                                  "backed": self.backed, "world_size": comm.world}
                 self.history[kind] = hist
                 if hist["best_epoch"] is not None and kind not in self._trained:
                     self._trained.append(kind)
                 if hist["stopped"] == "cancelled":
                     break
         return self
+
+    def _sources(self, data_on_device="auto", buffer_blocks: int = 4):
+        """Minibatch sources of the training and validation splits (see napari_scmedal.models.loaders)."""
+        from .models.loaders import InMemorySource, StreamingSource, expected_bytes, fits_on_device
+
+        if self._plan is not None:
+            return tuple(StreamingSource(self._plan, self._split_idx[k], self.device, buffer_blocks=buffer_blocks,
+                                         seed=self.seed) for k in ("train", "val"))
+        p = self._prepared
+        n = sum(len(self._split_idx[k]) for k in ("train", "val"))
+        nbytes = expected_bytes(n, self.recipe.n_genes, len(self.batches))
+        on_device = fits_on_device(nbytes, self.device) if data_on_device == "auto" else bool(data_on_device)
+        out = []
+        for k in ("train", "val"):
+            t = Tensors.from_prepared(p, self._split_idx[k], self.device if on_device else "cpu")
+            if not on_device and self.device.type == "cuda":
+                t = t.pin_memory()
+            out.append(InMemorySource(t, self.device))
+        return tuple(out)
 
     def _task(self, kind: str):
         c, net = self.config, self.nets[kind]
@@ -271,19 +344,50 @@ class ScMEDAL:
     def _training_adata(self, adata=None):
         if adata is not None:
             return adata
+        if self._plan is not None:  # trained out of core: the file, opened backed (read-only), filtered cells
+            if self._backed_adata is None:
+                import anndata as ad
+
+                full = ad.read_h5ad(self._plan.source.path, backed="r")
+                if self.recipe.layer is not None:
+                    raise DataError("this model was trained out of core from a layer; pass adata= (e.g. "
+                                    "napari_scmedal.data.read_h5ad(path, layer=...)) to use it here.")
+                self._backed_adata = full[self._plan.cells] if self._plan.cells.size != full.n_obs else full
+            return self._backed_adata
         if self._adata is None:
             raise DataError("this model was loaded from a file and does not carry its training data; pass "
                             "adata= (an AnnData with the model's genes and batch column).")
         return self._adata
 
-    def _prepare(self, adata=None):
+    def _prepare(self, adata=None, lazy: bool = False):
+        """Model-ready rows: the training cells (``adata=None``) or ``adata`` aligned through the recipe.
+        On-disk data (a path, a backed AnnData, the out-of-core training file) and ``lazy=True`` give a
+        :class:`~napari_scmedal.data.ondisk.LazyPrepared` that reads rows when sliced."""
+        from .data.ondisk import LazyPrepared, is_on_disk
+
         if adata is None:
+            if self._plan is not None:
+                return self._plan.lazy()
             if self._prepared is None:
                 raise DataError("this model was loaded from a file and does not carry its training data; pass "
                                 "adata= (an AnnData with the model's genes and batch column, e.g. the data it "
                                 "was trained on).")
             return self._prepared
+        if is_on_disk(adata):
+            return LazyPrepared.from_source(self.recipe, adata)
+        if lazy:
+            return _InMemoryLazy(self.recipe, adata)
         return self.recipe.transform(adata)
+
+    def n_cells(self, adata=None) -> int:
+        """Number of cells the inference methods return rows for (training cells when ``adata`` is None)."""
+        if adata is None:
+            if self._plan is not None:
+                return self._plan.n_obs
+            if self._prepared is not None:
+                return self._prepared.n_obs
+            self._prepare(None)  # raises the "no training data" error
+        return int(adata.n_obs) if hasattr(adata, "n_obs") else self._prepare(adata).n_obs
 
     def _check_kind(self, kind, allowed):
         if kind not in allowed:
@@ -319,11 +423,12 @@ class ScMEDAL:
             return np.zeros((0, net.n_genes if what == "recon" else int(self.config["latent"])), np.float32)
         return np.concatenate(outs).astype(np.float32, copy=False)
 
-    def get_latent_representation(self, kind: str = "fe", adata=None) -> np.ndarray:
+    def get_latent_representation(self, kind: str = "fe", adata=None, rows=None) -> np.ndarray:
         """``(n_cells, latent)`` latent of ``kind`` in ``{"fe", "fec", "re"}`` for the training cells
-        (``adata=None``) or for another AnnData aligned through the recipe."""
+        (``adata=None``) or for another AnnData aligned through the recipe (also a path or a backed
+        AnnData: read block by block). ``rows=(start, stop)``: only those cells."""
         self._check_kind(kind, _KINDS_LATENT)
-        return self._run(kind, self._prepare(adata), "latent")
+        return self._run(kind, self._prepare_rows(adata, rows), "latent")
 
     def get_reconstruction(self, kind: str = "fe", adata=None, scaled: bool = False) -> np.ndarray:
         """``(n_cells, n_genes)`` reconstruction by ``kind`` in ``{"fe", "fec", "re"}`` (RE uses each
@@ -351,7 +456,7 @@ class ScMEDAL:
         return method
 
     def _compute_anchors(self) -> dict[str, np.ndarray]:
-        prep = self._prepared
+        prep = self._prepare(None)
         idx = np.asarray(self._split_idx.get("train", np.zeros(0, np.int64)), dtype=np.int64)
         rng = np.random.default_rng(self.seed)
         keep = []
@@ -373,7 +478,7 @@ class ScMEDAL:
         if self._cf_anchors is None:
             self._check_kind("fe", ("fe",))
             self._check_kind("re", ("re",))
-            if self._prepared is None:
+            if self._prepared is None and self._plan is None:
                 raise ScMEDALError("this model file has no counterfactual anchors (it was saved by an older "
                                    "version) and carries no training data; retrain and save it again, or pass "
                                    "method='reference'.")
@@ -456,15 +561,27 @@ class ScMEDAL:
             out = self._run("re", self._prepare(adata), "recon", z_override=z, batch_size=int(batch_size))
         return out if scaled else self.recipe.unscale(out).astype(np.float32, copy=False)
 
-    def predict_versions(self, adata=None, batches=None, method: str = "matched") -> dict:
+    def _prepare_rows(self, adata, rows):
+        if rows is None:
+            return self._prepare(adata)
+        start, stop = (int(r) for r in rows)
+        n = self.n_cells(adata)
+        if not 0 <= start <= stop <= n:
+            raise DataError(f"rows=({start}, {stop}) is outside the {n} cells; pass 0 <= start <= stop <= {n}.")
+        prep = self._prepare(adata, lazy=True)
+        return prep.block(start, stop) if hasattr(prep, "block") else prep.subset(np.arange(start, stop))
+
+    def predict_versions(self, adata=None, batches=None, method: str = "matched", rows=None) -> dict:
         """Every version of the cells at once (preprocessing done once, batched passes):
         ``{"original": X_log, "fe": FE recon, "re": RE recon, "batch": codes, "cf:<b>": counterfactual
         to batch b for each b in batches}``; expression in log1p units, ``(n_cells, n_genes)`` each.
-        ``method`` as in :meth:`get_counterfactual_expression` (same default)."""
+        ``method`` as in :meth:`get_counterfactual_expression` (same default). ``rows=(start, stop)``
+        restricts the work to those cells (positions), reading only them from on-disk data: the
+        building block of lazy genomap stacks over every cell."""
         self._check_method(method)
         self._check_kind("fe", ("fe",))
         self._check_kind("re", ("re",))
-        prep = self._prepare(adata)
+        prep = self._prepare_rows(adata, rows)
         unscale = self.recipe.unscale
         out = {"original": np.asarray(prep.X_log, dtype=np.float32),
                "fe": unscale(self._run("fe", prep, "recon")).astype(np.float32, copy=False),
@@ -537,7 +654,8 @@ class ScMEDAL:
             for k, v in net.state_dict().items():
                 tensors[f"{kind}.{k}"] = v.detach().to("cpu").contiguous()
         anchors = self._cf_anchors
-        if anchors is None and self._prepared is not None and {"fe", "re"} <= set(self._trained):
+        if anchors is None and (self._prepared is not None or self._plan is not None) and \
+                {"fe", "re"} <= set(self._trained):
             anchors = self._anchors()
         if anchors is not None:  # reference cells of the "matched" counterfactual
             for k in ("fe", "re", "batch"):
@@ -719,3 +837,27 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
             raise ModelFileError(f"{path}: tensor {k!r} contains NaN or inf values; the file is corrupt or the "
                                  f"model diverged. Retrain the model.")
     return tensors
+
+
+class _InMemoryLazy:
+    """An in-memory AnnData as a lazily transformed :class:`Prepared` look-alike: ``block(a, b)``
+    transforms only rows ``a:b`` (used for genomap stacks of every cell)."""
+
+    def __init__(self, recipe, adata):
+        self.recipe = recipe
+        self.adata = adata
+        idx, norm_idx, batch, label = recipe.align(adata.obs, adata.var_names)
+        self.batch, self.label = batch, label
+        self.obs_names = adata.obs_names
+
+    @property
+    def n_obs(self) -> int:
+        return int(self.adata.n_obs)
+
+    def block(self, start: int, stop: int):
+        return self.recipe.transform(self.adata[int(start):int(stop)])
+
+    rows = block
+
+    def subset(self, idx):
+        return self.recipe.transform(self.adata[np.asarray(idx)])

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -19,13 +20,18 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
+from torch import nn
 
 from ..errors import TrainingError
 from ..nn import clipped_cross_entropy
 from .networks import AE, FE, RE
 
-__all__ = ["Tensors", "FETask", "AETask", "RETask", "fit", "resolve_device", "is_cancelled"]
+__all__ = ["Tensors", "FETask", "AETask", "RETask", "fit", "resolve_device", "is_cancelled", "PRECISIONS"]
+
+#: Training precisions: float32, or bfloat16 autocast of the forward passes (meant for CUDA).
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -61,11 +67,30 @@ class Tensors:
                        self.batch_onehot.index_select(0, idx),
                        None if self.label is None else self.label.index_select(0, idx))
 
-    def chunks(self, size: int):
-        for i in range(0, self.n, size):
-            sl = slice(i, i + size)
-            yield Tensors(self.X[sl], self.batch[sl], self.batch_onehot[sl],
-                          None if self.label is None else self.label[sl])
+    def slice(self, start: int, stop: int) -> "Tensors":
+        sl = slice(start, stop)
+        return Tensors(self.X[sl], self.batch[sl], self.batch_onehot[sl],
+                       None if self.label is None else self.label[sl])
+
+    def chunks(self, size: int, comm=None):
+        """Consecutive slices of ``size`` rows (this rank's share of the rows when ``comm`` has several)."""
+        lo, hi = 0, self.n
+        if comm is not None and comm.world > 1:
+            lo, hi = self.n * comm.rank // comm.world, self.n * (comm.rank + 1) // comm.world
+        for i in range(lo, hi, size):
+            yield self.slice(i, min(i + size, hi))
+
+    def to(self, device, non_blocking: bool = False) -> "Tensors":
+        def mv(t):
+            return None if t is None else t.to(device, non_blocking=non_blocking)
+
+        return Tensors(mv(self.X), mv(self.batch), mv(self.batch_onehot), mv(self.label))
+
+    def pin_memory(self) -> "Tensors":
+        def pin(t):
+            return None if t is None else t.pin_memory()
+
+        return Tensors(pin(self.X), pin(self.batch), pin(self.batch_onehot), pin(self.label))
 
 
 def resolve_device(device=None) -> torch.device:
@@ -98,7 +123,54 @@ def _label_ce(logits, label):
     return clipped_cross_entropy(logits[mask], label[mask])
 
 
-class FETask:
+class _Step:
+    """Shared machinery of the tasks: optional DistributedDataParallel wrapping and bf16 autocast.
+
+    ``distribute(comm)`` wraps the modules a task runs forward in ``DistributedDataParallel`` when
+    ``comm`` has several ranks (gradients are all-reduced during ``backward``; every optimiser then
+    takes the same step on every rank). ``precision="bf16"`` runs the forward passes under
+    ``torch.autocast(dtype=torch.bfloat16)``; losses are computed in float32.
+    """
+
+    precision = "fp32"
+
+    def _autocast(self):
+        if self.precision != "bf16":
+            return contextlib.nullcontext()
+        dev = next(self.net.parameters()).device
+        return torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
+
+    @staticmethod
+    def _ddp(module, comm):
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        dev = next(module.parameters()).device
+        ids = [dev.index if dev.index is not None else 0] if dev.type == "cuda" else None
+        return DDP(module, device_ids=ids, output_device=ids[0] if ids else None, broadcast_buffers=True)
+
+    def eval_losses(self, data, chunk: int = 4096) -> dict[str, float]:
+        """Validation losses of ``data`` (Tensors or a minibatch source), averaged over its rows."""
+        return self.eval_finalize(self.eval_sums(data.chunks(chunk)))
+
+
+class _AEView(nn.Module):
+    """The autoencoder part of an FE/FEC/AE network (encoder, tied decoder, class head; no adversary),
+    as one module whose forward is what DDP synchronises for the autoencoder optimiser."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.encoder = net.encoder
+        self.decoder = net.decoder
+        self.class_head = net.class_head
+
+    def forward(self, x):
+        acts = self.encoder(x)
+        recon = self.decoder(acts[-1])
+        cls = self.class_head(acts[-1]) if self.class_head is not None else None
+        return acts, recon, cls
+
+
+class FETask(_Step):
     """FE / FEC training (``net`` is an :class:`FE`). Loss names: ``recon`` (MSE), ``adv`` (the
     adversary's cross-entropy on the batch), ``class`` (FEC), ``total`` (the autoencoder objective
     ``w_recon*recon - w_adv*adv [+ w_class*class]``) and ``adv_acc`` (adversary accuracy).
@@ -118,6 +190,14 @@ class FETask:
         self.opt_ae = torch.optim.Adam(net.autoencoder_parameters(), lr=lr, eps=adam_eps)
         self.use_class = net.class_head is not None and w_class > 0
         self.name = "fec" if self.use_class else "fe"
+        self._ae = _AEView(net)
+        self._adv = net.adversary
+
+    def distribute(self, comm) -> None:
+        """Wrap the autoencoder and the adversary (each with its own optimiser) in DDP."""
+        if comm.world > 1:
+            self._ae = self._ddp(_AEView(self.net), comm)
+            self._adv = self._ddp(self.net.adversary, comm)
 
     def _adv_term(self, ce):
         if self.adv_bound is not None:
@@ -127,9 +207,10 @@ class FETask:
     def train_step(self, b: Tensors) -> torch.Tensor:
         net = self.net
         net.train()
-        acts = net.encoder(b.X)
-        # 1. adversary step on detached activations
-        adv_d = clipped_cross_entropy(net.adversary_logits(acts, detach=True), b.batch)
+        with self._autocast():
+            acts, recon_x, cls_logits = self._ae(b.X)
+            # 1. adversary step on detached activations
+            adv_d = clipped_cross_entropy(self._adv(torch.cat(acts, dim=1).detach()).float(), b.batch)
         self.opt_adv.zero_grad(set_to_none=True)
         adv_d.backward()
         self.opt_adv.step()
@@ -138,13 +219,14 @@ class FETask:
         for p in net.adversary.parameters():
             p.requires_grad_(False)
         try:
-            recon = _mse(b.X, net.decoder(acts[-1]))
-            adv_logits = net.adversary_logits(acts)
+            with self._autocast():
+                adv_logits = net.adversary_logits(acts).float()
+            recon = _mse(b.X, recon_x.float())
             adv = clipped_cross_entropy(adv_logits, b.batch)
             total = self.w_recon * recon + self._adv_term(adv)
             cls = None
             if self.use_class and b.label is not None:
-                cls = _label_ce(net.class_head(acts[-1]), b.label)
+                cls = _label_ce(cls_logits.float(), b.label)
                 total = total + self.w_class * cls
             self.opt_ae.zero_grad(set_to_none=True)
             total.backward()
@@ -164,15 +246,14 @@ class FETask:
         return names + (["class"] if self.use_class else [])
 
     @torch.no_grad()
-    def eval_losses(self, data: Tensors, chunk: int = 4096) -> dict[str, float]:
+    def eval_sums(self, chunks) -> dict[str, float]:
         net = self.net
         net.eval()
-        n = data.n
-        sums = {"recon": 0.0, "adv": 0.0, "adv_acc": 0.0, "class": 0.0}
-        n_lab = 0
-        for b in data.chunks(chunk):
+        sums = {"n": 0.0, "recon": 0.0, "adv": 0.0, "adv_acc": 0.0, "class": 0.0, "n_lab": 0.0}
+        for b in chunks:
             acts = net.encoder(b.X)
             m = b.n
+            sums["n"] += m
             sums["recon"] += float(_mse(b.X, net.decoder(acts[-1]))) * m
             logits = net.adversary_logits(acts)
             sums["adv"] += float(clipped_cross_entropy(logits, b.batch)) * m
@@ -181,11 +262,15 @@ class FETask:
                 k = int((b.label >= 0).sum())
                 if k:
                     sums["class"] += float(_label_ce(net.class_head(acts[-1]), b.label)) * k
-                    n_lab += k
-        out = {k: v / max(n, 1) for k, v in sums.items() if k != "class"}
+                    sums["n_lab"] += k
+        return sums
+
+    def eval_finalize(self, sums: dict) -> dict[str, float]:
+        n = max(sums["n"], 1)
+        out = {k: sums[k] / n for k in ("recon", "adv", "adv_acc")}
         total = self.w_recon * out["recon"] + float(self._adv_term(torch.tensor(out["adv"])))
         if self.use_class:
-            out["class"] = sums["class"] / max(n_lab, 1)
+            out["class"] = sums["class"] / max(sums["n_lab"], 1)
             total += self.w_class * out["class"]
         out["total"] = total
         return out
@@ -204,16 +289,22 @@ class AETask(FETask):
         self.opt_ae = torch.optim.Adam(net.parameters(), lr=lr, eps=adam_eps)
         self.use_class = net.class_head is not None and w_class > 0
         self.name = "aec" if self.use_class else "ae"
+        self._ae = _AEView(net)
+
+    def distribute(self, comm) -> None:
+        if comm.world > 1:
+            self._ae = self._ddp(_AEView(self.net), comm)
 
     def train_step(self, b: Tensors) -> torch.Tensor:
         net = self.net
         net.train()
-        out = net(b.X)
-        recon = _mse(b.X, out["recon"])
+        with self._autocast():
+            _, recon_x, cls_logits = self._ae(b.X)
+        recon = _mse(b.X, recon_x.float())
         total = self.w_recon * recon
         vals = [recon]
         if self.use_class and b.label is not None:
-            cls = _label_ce(out["class_logits"], b.label)
+            cls = _label_ce(cls_logits.float(), b.label)
             total = total + self.w_class * cls
             vals.append(cls)
         self.opt_ae.zero_grad(set_to_none=True)
@@ -226,30 +317,39 @@ class AETask(FETask):
         return ["total", "recon"] + (["class"] if self.use_class else [])
 
     @torch.no_grad()
-    def eval_losses(self, data: Tensors, chunk: int = 4096) -> dict[str, float]:
+    def eval_sums(self, chunks) -> dict[str, float]:
         net = self.net
         net.eval()
-        rec, cls, n_lab = 0.0, 0.0, 0
-        for b in data.chunks(chunk):
+        sums = {"n": 0.0, "recon": 0.0, "class": 0.0, "n_lab": 0.0}
+        for b in chunks:
             out = net(b.X)
-            rec += float(_mse(b.X, out["recon"])) * b.n
+            sums["n"] += b.n
+            sums["recon"] += float(_mse(b.X, out["recon"])) * b.n
             if self.use_class and b.label is not None:
                 k = int((b.label >= 0).sum())
                 if k:
-                    cls += float(_label_ce(out["class_logits"], b.label)) * k
-                    n_lab += k
-        res = {"recon": rec / max(data.n, 1)}
+                    sums["class"] += float(_label_ce(out["class_logits"], b.label)) * k
+                    sums["n_lab"] += k
+        return sums
+
+    def eval_finalize(self, sums: dict) -> dict[str, float]:
+        res = {"recon": sums["recon"] / max(sums["n"], 1)}
         res["total"] = self.w_recon * res["recon"]
         if self.use_class:
-            res["class"] = cls / max(n_lab, 1)
+            res["class"] = sums["class"] / max(sums["n_lab"], 1)
             res["total"] += self.w_class * res["class"]
         return res
 
 
-class RETask:
+class RETask(_Step):
     """RE training. Loss names: ``recon`` (MSE), ``batch`` (head CE), ``kl_enc``/``kl_dec`` (mean
     per-block KL estimates, training only), ``total`` (train: with ``kl_weight * (kl_enc + kl_dec)``;
-    validation: without KL, posterior means) and ``batch_acc``."""
+    validation: without KL, posterior means) and ``batch_acc``.
+
+    Under DDP the whole RE network is wrapped: the variational means and scales of every random-effects
+    block get their gradients (reconstruction, batch head and KL terms) all-reduced like any weight;
+    each rank draws its own weight noise, so the averaged gradient uses one sample per rank.
+    """
 
     name = "re"
 
@@ -258,35 +358,47 @@ class RETask:
         self.net = net
         self.w_recon, self.w_batch, self.kl_weight = float(w_recon), float(w_batch), float(kl_weight)
         self.opt = torch.optim.Adam(net.parameters(), lr=lr, eps=adam_eps)
+        self._fwd = net
+
+    def distribute(self, comm) -> None:
+        if comm.world > 1:
+            self._fwd = self._ddp(self.net, comm)
 
     train_names = ["total", "recon", "batch", "kl_enc", "kl_dec", "batch_acc"]
 
     def train_step(self, b: Tensors) -> torch.Tensor:
         net = self.net
         net.train()
-        out = net(b.X, b.batch_onehot)
-        recon = _mse(b.X, out["recon"])
-        ce = clipped_cross_entropy(out["batch_logits"], b.batch)
-        kl_e, kl_d = net.kl()
+        with self._autocast():
+            out = self._fwd(b.X, b.batch_onehot)
+            kl_e, kl_d = net.kl()
+        logits = out["batch_logits"].float()
+        recon = _mse(b.X, out["recon"].float())
+        ce = clipped_cross_entropy(logits, b.batch)
+        kl_e, kl_d = kl_e.float(), kl_d.float()
         total = self.w_recon * recon + self.w_batch * ce + self.kl_weight * (kl_e + kl_d)
         self.opt.zero_grad(set_to_none=True)
         total.backward()
         self.opt.step()
-        acc = (out["batch_logits"].detach().argmax(1) == b.batch).float().mean()
+        acc = (logits.detach().argmax(1) == b.batch).float().mean()
         return torch.stack([total.detach(), recon.detach(), ce.detach(), kl_e.detach(), kl_d.detach(), acc])
 
     @torch.no_grad()
-    def eval_losses(self, data: Tensors, chunk: int = 4096) -> dict[str, float]:
+    def eval_sums(self, chunks) -> dict[str, float]:
         net = self.net
         net.eval()
-        rec = ce = acc = 0.0
-        for b in data.chunks(chunk):
+        sums = {"n": 0.0, "recon": 0.0, "batch": 0.0, "batch_acc": 0.0}
+        for b in chunks:
             out = net(b.X, b.batch_onehot)
-            rec += float(_mse(b.X, out["recon"])) * b.n
-            ce += float(clipped_cross_entropy(out["batch_logits"], b.batch)) * b.n
-            acc += float((out["batch_logits"].argmax(1) == b.batch).float().sum())
-        n = max(data.n, 1)
-        res = {"recon": rec / n, "batch": ce / n, "batch_acc": acc / n}
+            sums["n"] += b.n
+            sums["recon"] += float(_mse(b.X, out["recon"])) * b.n
+            sums["batch"] += float(clipped_cross_entropy(out["batch_logits"], b.batch)) * b.n
+            sums["batch_acc"] += float((out["batch_logits"].argmax(1) == b.batch).float().sum())
+        return sums
+
+    def eval_finalize(self, sums: dict) -> dict[str, float]:
+        n = max(sums["n"], 1)
+        res = {"recon": sums["recon"] / n, "batch": sums["batch"] / n, "batch_acc": sums["batch_acc"] / n}
         res["total"] = self.w_recon * res["recon"] + self.w_batch * res["batch"]
         return res
 
@@ -295,84 +407,122 @@ def _snapshot(net) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
-def fit(task, train: Tensors, val: Tensors | None, *, max_epochs: int, patience: int, batch_size: int,
+def _as_source(data, comm):
+    """Tensors -> InMemorySource; sources pass through; None stays None."""
+    from .loaders import InMemorySource
+
+    if data is None or hasattr(data, "epoch"):
+        return data
+    return InMemorySource(data, data.X.device)
+
+
+def fit(task, train, val=None, *, max_epochs: int, patience: int, batch_size: int,
         seed: int = 0, progress: Callable[[dict], None] | None = None, cancel=None,
-        runaway_factor: float = 3.0) -> dict:
+        runaway_factor: float = 3.0, comm=None, max_steps_per_epoch: int | None = None,
+        precision: str = "fp32") -> dict:
     """Train ``task.net`` and return its history.
+
+    ``train``/``val``: :class:`Tensors` or minibatch sources (:mod:`napari_scmedal.models.loaders`).
+    ``comm``: a :class:`~napari_scmedal.distributed.Comm`; with several ranks the task's modules are
+    wrapped in DistributedDataParallel, each rank trains on its shard with ``batch_size // world``
+    rows per step (the global minibatch stays ``batch_size``), validation sums are all-reduced so every
+    rank takes the same early-stopping decisions, and BatchNorm statistics are re-broadcast from rank
+    0 before each validation. ``max_steps_per_epoch`` caps the minibatches of an epoch (a partial
+    epoch, for benchmarks). ``precision``: ``"fp32"`` or ``"bf16"`` (autocast of the forward passes).
 
     History: ``{"model", "epochs": [...], "train": {name: [per epoch]}, "val": {name: [...]},
     "best_epoch", "best_val", "stopped": "early_stopping"|"max_epochs"|"cancelled"|"nonfinite",
-    "elapsed_s", "warnings": [...]}``. The best weights (lowest validation ``total``; training
-    ``total`` when there is no validation split) are restored before returning, also on
-    cancel and on a NaN/inf loss (which then raises :class:`TrainingError`).
+    "elapsed_s", "warnings": [...], "steps", "cells_per_s", "world_size"}``. The best weights (lowest
+    validation ``total``; training ``total`` when there is no validation split) are restored before
+    returning, also on cancel and on a NaN/inf loss (which then raises :class:`TrainingError`).
     """
+    from ..distributed import Comm
+
+    comm = comm or Comm()
+    if precision not in PRECISIONS:
+        raise TrainingError(f"precision={precision!r} is not one of {list(PRECISIONS)}.")
     net = task.net
-    device = train.X.device
+    task.precision = precision
+    task.distribute(comm)
+    train = _as_source(train, comm)
+    val = _as_source(val, comm)
+    local_bs = max(2, int(batch_size) // comm.world)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    torch.manual_seed(int(seed))
+    torch.manual_seed(int(seed) + 7777 * comm.rank)
     hist = {"model": task.name, "epochs": [], "train": {k: [] for k in task.train_names},
             "val": {}, "best_epoch": None, "best_val": None, "stopped": "max_epochs",
-            "elapsed_s": 0.0, "warnings": [], "batch_size": int(batch_size)}
+            "elapsed_s": 0.0, "warnings": [], "batch_size": int(batch_size), "world_size": comm.world,
+            "steps": 0, "cells_seen": 0, "precision": precision}
     best_state, best_val, wait = None, math.inf, 0
     has_val = val is not None and val.n > 0
     t0 = time.perf_counter()
-    n = train.n
     chance = math.log(max(getattr(net, "n_batches", 2), 2))
     warned_runaway = False
+    single = comm.world == 1
 
     def restore():
         if best_state is not None:
             net.load_state_dict(best_state)
 
+    def nonfinite(value, epoch, what):
+        restore()
+        hist["stopped"] = "nonfinite"
+        hist["elapsed_s"] = time.perf_counter() - t0
+        be = hist["best_epoch"]
+        kept = f"the best weights (epoch {be}) are kept" if be else "no epoch had completed, so the weights are the initial ones"
+        err = TrainingError(
+            f"The {task.name.upper()} {what} loss became {value} at epoch {epoch}; {kept}. Lower the learning rate "
+            f"(lr=...), lower the loss weights (w_recon/w_adv), or check the input for extreme values; "
+            f"model.history shows the losses so far.")
+        err.history = hist
+        return err
+
     for epoch in range(1, max_epochs + 1):
-        perm = torch.randperm(n, generator=gen).to(device)
         sums = None
         steps = 0
         cancelled = False
-        for i in range(0, n, batch_size):
-            idx = perm[i:i + batch_size]
-            if idx.numel() < 2:  # BatchNorm needs >= 2 samples in training mode
-                continue
-            vals = task.train_step(train.take(idx))
-            w = idx.numel()
+        for b in train.epoch(local_bs, gen, epoch, comm, max_steps_per_epoch):
+            vals = task.train_step(b)
+            w = b.n
             sums = vals * w if sums is None else sums + vals * w
             steps += w
-            if not bool(torch.isfinite(vals[0])):
-                restore()
-                hist["stopped"] = "nonfinite"
-                hist["elapsed_s"] = time.perf_counter() - t0
-                be = hist["best_epoch"]
-                kept = f"the best weights (epoch {be}) are kept" if be else "no epoch had completed, so the weights are the initial ones"
-                err = TrainingError(
-                    f"The {task.name.upper()} training loss became {float(vals[0])} at epoch {epoch}; "
-                    f"{kept}. Lower the learning rate (lr=...), lower the loss weights (w_recon/w_adv), "
-                    f"or check the input for extreme values; model.history shows the losses so far.")
-                err.history = hist
-                raise err
-            if is_cancelled(cancel):
+            hist["steps"] += 1
+            if single and not bool(torch.isfinite(vals[0])):
+                raise nonfinite(float(vals[0]), epoch, "training")
+            if single and is_cancelled(cancel):
                 cancelled = True
                 break
+        if sums is None:
+            sums = torch.zeros(len(task.train_names), device=next(net.parameters()).device)
+        if not single:  # global means over every rank's rows
+            packed = torch.cat([sums.detach().to(torch.float64).reshape(-1),
+                                torch.tensor([float(steps)], dtype=torch.float64, device=sums.device)])
+            packed = comm.sum_tensor_(packed.to(comm.device)).cpu()
+            sums, steps = packed[:-1], int(packed[-1])
+            comm.broadcast_module_state_(net)  # BatchNorm running statistics of rank 0 everywhere
+        hist["cells_seen"] += steps
         if cancelled and steps == 0:
             hist["stopped"] = "cancelled"
             break
-        tr = (sums / max(steps, 1)).tolist()
-        tr = dict(zip(task.train_names, tr))
+        tr = dict(zip(task.train_names, (sums / max(steps, 1)).tolist()))
+        if not math.isfinite(tr["total"]):
+            raise nonfinite(tr["total"], epoch, "training")
         for k, v in tr.items():
             hist["train"][k].append(v)
-        vl = task.eval_losses(val) if has_val else {}
+        vl = {}
+        if has_val:
+            vs = task.eval_sums(val.chunks(4096, comm))
+            if not single:
+                keys = sorted(vs)
+                red = comm.sum(np.array([vs[k] for k in keys], dtype=np.float64))
+                vs = dict(zip(keys, red.tolist()))
+            vl = task.eval_finalize(vs)
         for k, v in vl.items():
             hist["val"].setdefault(k, []).append(v)
         hist["epochs"].append(epoch)
         monitor = vl["total"] if has_val else tr["total"]
         if not math.isfinite(monitor):
-            restore()
-            hist["stopped"] = "nonfinite"
-            hist["elapsed_s"] = time.perf_counter() - t0
-            err = TrainingError(
-                f"The {task.name.upper()} validation loss became {monitor} at epoch {epoch}; the best weights "
-                f"(epoch {hist['best_epoch']}) are kept. Lower the learning rate or the loss weights.")
-            err.history = hist
-            raise err
+            raise nonfinite(monitor, epoch, "validation")
         if monitor < best_val:
             best_val, wait = monitor, 0
             best_state = _snapshot(net)
@@ -384,14 +534,15 @@ def fit(task, train: Tensors, val: Tensors | None, *, max_epochs: int, patience:
                    f"({chance:.2f}) at epoch {epoch}: the encoder is beating the adversary by a wide margin "
                    f"(runaway negated loss). Consider a lower w_adv or adv_bound=log(n_batches).")
             hist["warnings"].append(msg)
-            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            if comm.is_main:
+                warnings.warn(msg, RuntimeWarning, stacklevel=2)
             warned_runaway = True
         elapsed = time.perf_counter() - t0
-        if progress is not None:
+        if progress is not None and comm.is_main:
             progress({"model": task.name, "epoch": epoch, "max_epochs": max_epochs, "train": tr, "val": vl,
                       "elapsed_s": elapsed, "eta_s": elapsed / epoch * (max_epochs - epoch),
                       "best_epoch": hist["best_epoch"], "patience_left": patience - wait})
-        if cancelled or is_cancelled(cancel):
+        if single and (cancelled or is_cancelled(cancel)):
             hist["stopped"] = "cancelled"
             break
         if wait >= patience:
@@ -400,4 +551,11 @@ def fit(task, train: Tensors, val: Tensors | None, *, max_epochs: int, patience:
     restore()
     net.eval()
     hist["elapsed_s"] = time.perf_counter() - t0
+    hist["cells_per_s"] = hist["cells_seen"] / max(hist["elapsed_s"], 1e-9)
+    if not single:
+        hist["max_rank_divergence"] = comm.max_divergence(net)
+        if hist["max_rank_divergence"] > 0:
+            raise TrainingError(f"the {task.name.upper()} weights differ between ranks after training (max "
+                                f"{hist['max_rank_divergence']:.3g}); distributed synchronisation failed. Report "
+                                f"this with the torchrun command used.")
     return hist
