@@ -608,6 +608,32 @@ class ScMEDAL:
                 out[f"cf:{b}"] = cf[k * n:(k + 1) * n]
         return out
 
+    def get_version(self, version: str, adata=None, rows=None, method: str = "matched") -> np.ndarray:
+        """One version of the cells, ``(n_cells, n_genes)`` float32 in log1p units: ``"original"``
+        (the preprocessed input), ``"fe"``/``"re"`` (reconstructions) or ``"cf:<batch>"`` (the
+        counterfactual to that batch, ``method`` as in :meth:`get_counterfactual_expression`).
+        ``rows=(start, stop)`` restricts to those cells, reading only them from on-disk data."""
+        version = str(version)
+        prep = self._prepare_rows(adata, rows)
+        if version == "original":
+            return np.asarray(prep.X_log, dtype=np.float32)
+        if version in ("fe", "fec", "re"):
+            self._check_kind(version, _KINDS_LATENT)
+            return self.recipe.unscale(self._run(version, prep, "recon")).astype(np.float32, copy=False)
+        if version.startswith("cf:"):
+            self._check_method(method)
+            self._check_kind("re", ("re",))
+            b = self._batch_index(version[3:])
+            if method == "matched":
+                out = self._matched(prep, [b])[0]
+            else:
+                z = torch.zeros(1, len(self.batches), device=self.device)
+                z[0, b] = 1.0
+                out = self._run("re", prep, "recon", z_override=z)
+            return self.recipe.unscale(out).astype(np.float32, copy=False)
+        raise ScMEDALError(f"unknown version {version!r}; use 'original', 'fe', 're' or 'cf:<batch>' with a batch "
+                           f"among {self.batches[:5]}{'...' if len(self.batches) > 5 else ''}.")
+
     # ------------------------------------------------------------------ AnnData
     def summary(self) -> dict:
         """JSON-safe description: genes, batches, labels, keys, preset, config, trained kinds, versions."""
