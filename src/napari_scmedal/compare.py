@@ -336,12 +336,19 @@ def ensure_layout(model, adata=None, layout=None, shape=None, seed: int = 0, max
         return existing
     from .genomap import compute_layout
 
-    source = adata if adata is not None else _training_adata(model)
-    prepared = model.recipe.transform(source)
-    X = np.asarray(prepared.X_log, dtype=np.float32)
-    if X.shape[0] > max_cells:
-        rng = np.random.default_rng(seed)
-        X = X[np.sort(rng.choice(X.shape[0], max_cells, replace=False))]
+    if adata is None and getattr(model, "n_cells", None) is not None and hasattr(model, "_prepare_rows"):
+        # the model's own cells (in memory or on disk): transform only the sampled ones
+        n = model.n_cells()
+        rows = np.arange(n)
+        if n > max_cells:
+            rows = np.sort(np.random.default_rng(seed).choice(n, max_cells, replace=False))
+        X = np.asarray(model._prepare(None, lazy=True).subset(rows).X_log, dtype=np.float32)
+    else:
+        source = adata if adata is not None else _training_adata(model)
+        n = source.n_obs
+        if n > max_cells:  # sample the cells first, so only they are read and transformed
+            source = source[np.sort(np.random.default_rng(seed).choice(n, max_cells, replace=False))]
+        X = np.asarray(model.recipe.transform(source).X_log, dtype=np.float32)
     genes = list(model.genes)
     shape = tuple(shape) if shape is not None else default_shape(len(genes))
     layout = compute_layout(X, shape=shape, genes=genes, seed=seed)
