@@ -31,6 +31,17 @@ def json_safe(obj: Any) -> Any:
     return str(obj)
 
 
+def new_file_mode(path) -> int:
+    """Permission bits for a file written atomically at ``path``: those of the file it replaces, else
+    what ``open()`` would give a new file (0o666 less the umask) -- not mkstemp's private 0o600."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
+
+
 @contextmanager
 def atomic_output(path, suffix: str | None = None) -> Iterator[str]:
     """Write ``path`` atomically: yields a temporary file name in the same folder (same suffix
@@ -45,6 +56,7 @@ def atomic_output(path, suffix: str | None = None) -> Iterator[str]:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, new_file_mode(path))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

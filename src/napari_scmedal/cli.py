@@ -204,11 +204,28 @@ def _read_data(path, layer=None):
 # train
 # ----------------------------------------------------------------------------------------------
 def cmd_train(args, con: _Console) -> int:
+    """``scmedal train``; also the per-process entry point under ``torchrun -m napari_scmedal train``."""
+    from .distributed import init_from_env, launched_by_torchrun, shutdown
+
+    if not launched_by_torchrun():
+        return _train(args, con, None)
+    comm = init_from_env(args.device)
+    try:
+        if not comm.is_main:  # one voice: rank 0 reports, the others stay quiet unless they fail
+            con = _Console(quiet=True)
+        return _train(args, con, comm)
+    finally:
+        shutdown()
+
+
+def _train(args, con: _Console, comm) -> int:
     from .model import ScMEDAL
 
-    adata, data_path = _read_data(args.data, layer=args.layer)
-    out = _check_output_file(args.out, [data_path], "model file")
-    con.say(f"read {data_path.name}: {adata.n_obs} cells x {adata.n_vars} genes")
+    main = comm is None or comm.is_main
+    if args.chunk_cells is not None and args.chunk_cells < 1:
+        raise UsageError(f"--chunk-cells must be at least 1 (got {args.chunk_cells}).")
+    if args.steps_per_epoch is not None and args.steps_per_epoch < 1:
+        raise UsageError(f"--steps-per-epoch must be at least 1 (got {args.steps_per_epoch}).")
     kw = dict(batch_key=args.batch_key, label_key=args.label_key, seed=args.seed, preset=args.preset)
     if args.genes is not None:
         kw["n_genes"] = args.genes
@@ -216,23 +233,43 @@ def cmd_train(args, con: _Console) -> int:
         kw["device"] = args.device
     if args.threads is not None:
         kw["threads"] = args.threads
-    model = ScMEDAL(adata, **kw)
+    if args.backed:
+        data_path = _existing_file(args.data, "data file")
+        out = _check_output_file(args.out, [data_path], "model file")
+        con.say(f"training out of core from {data_path.name} (read in blocks of "
+                f"{args.chunk_cells or 'the default number of'} cells; the file is never loaded whole)")
+        model = ScMEDAL(data_path, layer=args.layer, backed=True, chunk_cells=args.chunk_cells, **kw)
+        info = model._plan.info
+        con.say(f"streamed {info['cells_in_file']} cells x {info['genes_in_file']} genes in "
+                f"{info['pass1_s'] + info['pass2_s']:.1f} s ({info['cells_removed']} cells and "
+                f"{info['genes_removed']} genes filtered out)")
+    else:
+        adata, data_path = _read_data(args.data, layer=args.layer)
+        out = _check_output_file(args.out, [data_path], "model file")
+        con.say(f"read {data_path.name}: {adata.n_obs} cells x {adata.n_vars} genes")
+        model = ScMEDAL(adata, **kw)
+    where = "" if comm is None else (f" on {comm.world} processes ({'NCCL' if comm.device.type == 'cuda' else 'gloo'}, "
+                                     f"global minibatch split across them)")
     con.say(f"training scMEDAL ({args.preset} preset) on {len(model.genes)} genes, "
-            f"{len(model.batches)} batches" + (f", labels from {args.label_key!r}" if args.label_key else ""))
-    bars = _TrainProgress(enabled=not args.quiet)
+            f"{len(model.batches)} batches" + (f", labels from {args.label_key!r}" if args.label_key else "") + where)
+    bars = _TrainProgress(enabled=not args.quiet and main)
     t0 = time.perf_counter()
     try:
-        model.train(max_epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, progress=bars)
+        model.train(max_epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, progress=bars,
+                    precision=args.precision, max_steps_per_epoch=args.steps_per_epoch)
     finally:
         bars.close()
     con.say(f"trained in {time.perf_counter() - t0:.1f} s")
-    if args.layout:
-        from .compare import ensure_layout
+    if main:
+        if args.layout:
+            from .compare import ensure_layout
 
-        con.say("computing the genomap layout (Gromov-Wasserstein) to store with the model")
-        ensure_layout(model, seed=args.seed)
-    model.save(out)
-    con.say(f"wrote {out}")
+            con.say("computing the genomap layout (Gromov-Wasserstein) to store with the model")
+            ensure_layout(model, seed=args.seed)
+        model.save(out)  # atomic: a temporary file in the same folder, then renamed
+        con.say(f"wrote {out}")
+    if comm is not None:
+        comm.barrier()  # the other ranks wait until rank 0 has written the model
     return 0
 
 
@@ -763,6 +800,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--layer", default=None, help="use this layer instead of X (e.g. counts)")
     t.add_argument("--layout", action=argparse.BooleanOptionalAction, default=True,
                    help="compute the genomap layout now and store it in the model file (default: yes)")
+    t.add_argument("--backed", action="store_true",
+                   help="train out of core: stream the .h5ad in blocks instead of loading it (docs/scaling.md)")
+    t.add_argument("--chunk-cells", type=int, default=None,
+                   help="cells read from the file at once with --backed (default 8192)")
+    t.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: bfloat16 autocast of the forward passes (for CUDA GPUs; default fp32)")
+    t.add_argument("--steps-per-epoch", type=int, default=None,
+                   help="cap the minibatches of each epoch (partial epochs, e.g. for benchmarks)")
     t.add_argument("--out", required=True, metavar="MODEL", help="output model file (e.g. model.safetensors)")
     t.set_defaults(func=cmd_train)
 

@@ -83,7 +83,7 @@ class Comm:
         if t.dtype == torch.bool:
             t = t.to(torch.int32)
         dist.all_reduce(t, op=op)
-        out = t.cpu().numpy()
+        out = t.cpu().numpy().reshape(a.shape)
         return out.astype(a.dtype, copy=False) if a.dtype != bool else out.astype(bool)
 
     def sum(self, arr):

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._utils import new_file_mode
 from .errors import DataError, ModelFileError, ScMEDALError, TrainingError
 from .models import FE, RE, FETask, RETask, Tensors, fit, is_cancelled, resolve_device
 from .nn import set_bn_momentum
@@ -772,6 +773,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, new_file_mode(path))
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -145,8 +145,13 @@ class _Step:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         dev = next(module.parameters()).device
+        import inspect
+
         ids = [dev.index if dev.index is not None else 0] if dev.type == "cuda" else None
-        return DDP(module, device_ids=ids, output_device=ids[0] if ids else None, broadcast_buffers=True)
+        # BatchNorm running statistics follow rank 0 at every forward (the keyword was renamed in torch 2.13)
+        sync = ({"forward_sync_buffers": True} if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
+                else {"broadcast_buffers": True})
+        return DDP(module, device_ids=ids, output_device=ids[0] if ids else None, **sync)
 
     def eval_losses(self, data, chunk: int = 4096) -> dict[str, float]:
         """Validation losses of ``data`` (Tensors or a minibatch source), averaged over its rows."""
