@@ -10,6 +10,7 @@ Pure core (numpy, scipy, POT); see docs/genomap.md.
 from ._compute import compute_layout, gene_correlation, pixel_coordinates, radial_rings
 from ._layout import GenomapLayout, square_shape
 from ._quality import layout_quality, zscore_stack
+from .lazy import difference_stack, genomap_stack, stack_limits, stack_source
 
 __all__ = [
     "compute_layout",
@@ -20,4 +21,8 @@ __all__ = [
     "gene_correlation",
     "radial_rings",
     "pixel_coordinates",
+    "genomap_stack",
+    "difference_stack",
+    "stack_limits",
+    "stack_source",
 ]
