@@ -7,12 +7,22 @@ import numpy as np
 import pytest
 
 from napari_scmedal.data import make_synthetic
-from napari_scmedal.errors import DataError, LayoutError, RecipeMismatchError, ScMEDALError
-from napari_scmedal.genomap import difference_stack, genomap_stack, stack_limits, stack_source
+from napari_scmedal.errors import (
+    DataError,
+    LayoutError,
+    RecipeMismatchError,
+    ScMEDALError,
+)
+from napari_scmedal.genomap import (
+    difference_stack,
+    genomap_stack,
+    stack_limits,
+    stack_source,
+)
 from napari_scmedal.genomap.lazy import _layout_columns
 
 N_GENES = 100  # a 10 x 10 genomap
-TINY = dict(hidden=[32, 8], latent=4, preset="quick", seed=0, n_genes=N_GENES)
+TINY = {"hidden": [32, 8], "latent": 4, "preset": "quick", "seed": 0, "n_genes": N_GENES}
 
 
 def _synthetic():
@@ -146,7 +156,7 @@ def test_chunks_are_safe_from_many_threads(mem_model):
     def work(k):
         try:
             results[k] = stack[k].compute(scheduler="synchronous")
-        except Exception as exc:  # pragma: no cover - reported below
+        except Exception as exc:  # noqa: BLE001 - any error in a thread is collected and reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(k,)) for k in range(0, 400, 23)]

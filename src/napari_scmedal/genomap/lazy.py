@@ -30,11 +30,12 @@ import numpy as np
 
 from ..errors import DataError, LayoutError, ScMEDALError
 
-__all__ = ["genomap_stack", "difference_stack", "stack_limits", "stack_source", "LazyGenomaps"]
+__all__ = ["LazyGenomaps", "difference_stack", "genomap_stack", "stack_limits", "stack_source"]
 
 _BASE_VERSIONS = ("original", "fe", "fec", "re")
-_LOCKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
+_SOURCES: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # stack name -> its LazyGenomaps
 
 
 def _model_lock(model) -> threading.RLock:
@@ -263,9 +264,6 @@ def genomap_stack(model, adata=None, version: str = "original", *, chunk_cells: 
     arr = _as_dask(source, "genomaps-" + version.replace(":", "-").replace(" ", "_")[:40])
     _SOURCES[arr.name] = source
     return arr
-
-
-_SOURCES: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()
 
 
 def stack_source(stack) -> LazyGenomaps | None:
