@@ -387,3 +387,68 @@ def test_save_genomap_layers_through_napari_writer(make_napari_viewer, qtbot, tr
     layout = GenomapLayout.from_dict(side["layout"])
     gene = comp.layout.genes[11]
     assert layout.pixel_of(gene) == comp.layout.pixel_of(gene)
+
+
+# ---------------------------------------------------------------------------------------------- all cells
+def _eager_genomaps(model, adata, version, layout):
+    """Every cell of ``adata`` in ``version``, projected eagerly (the reference for the lazy stack)."""
+    from napari_scmedal.genomap.lazy import _layout_columns
+
+    X = model.predict_versions(adata=adata, batches=[version[3:]] if version.startswith("cf:") else None)[version]
+    return layout.project(X[:, _layout_columns(layout, model.genes)])
+
+
+def test_all_cells_stack_is_one_lazy_image_layer_with_a_cell_slider(make_napari_viewer, qtbot, trained):
+    import dask.array as da
+    from napari.layers import Image
+
+    from napari_scmedal.genomap import stack_source
+
+    model, _ = trained
+    viewer, cells, ex = _explorer(make_napari_viewer, trained)
+    adata = cells.metadata["adata"]
+    target = model.batches[1]
+    labels = [ex.stack_version_combo.itemText(i) for i in range(ex.stack_version_combo.count())]
+    assert labels == ["Original", "FE reconstruction", "RE reconstruction"] + [
+        f"Counterfactual -> {b}" for b in model.batches]
+    ex.stack_version_combo.setCurrentText(f"Counterfactual -> {target}")
+    n_before = len(viewer.layers)
+    ex.stack_btn.click()
+    qtbot.waitUntil(lambda: not ex.stack_busy, timeout=TIMEOUT_MS)
+    assert ex.last_error is None, ex.last_error
+    assert len(viewer.layers) == n_before + 1
+    ly = viewer.layers[f"genomaps: Counterfactual -> {target} (all cells)"]
+    assert isinstance(ly, Image) and ex.stack_layer.name == ly.name
+    assert isinstance(ly.data, da.Array) and ly.data.shape == (adata.n_obs, 16, 16)
+    assert ly.colormap.name == "viridis"
+    with ly._slicing_state.dask_optimized_slicing() as (_, dask_cache):
+        assert dask_cache is None  # out of napari's global dask cache (which may grow to 25% of RAM)
+    src = stack_source(ly.data)
+    # limits from a sample of 3 chunks, plus the slice on screen: nowhere near every chunk computed
+    assert src.calls <= 4 < ly.data.numblocks[0]
+    lo, hi = ly.contrast_limits
+    assert lo < hi
+    eager = _eager_genomaps(model, adata, f"cf:{target}", src.layout)
+    assert viewer.dims.ndim == 3
+    for k in (5, 700, adata.n_obs - 1):
+        viewer.dims.set_current_step(0, k)
+        qtbot.wait(10)
+        np.testing.assert_allclose(np.asarray(ly._slice.image.raw), eager[k], rtol=1e-5, atol=1e-5, equal_nan=True)
+    assert src.cached_bytes <= 4 * 64 * 16 * 16 * 4  # the stack's own cache stays bounded
+    # hovering names the cell, the gene and the value on the slice shown
+    k = adata.n_obs - 1
+    r, c = np.argwhere(src.layout.mask)[0]
+    world = np.asarray(ly.data_to_world((k, r, c)))
+    info = ex.lookup_stack(world)
+    assert info["cell"] == k and info["pixel"] == (r, c) and info["gene"] == src.layout.gene_at(r, c)
+    assert info["obs_name"] == str(adata.obs_names[k])
+    assert info["value"] == pytest.approx(float(eager[k, r, c]), rel=1e-5, abs=1e-5)
+    # adding the same version again updates that layer instead of duplicating it
+    ex.stack_btn.click()
+    qtbot.waitUntil(lambda: not ex.stack_busy, timeout=TIMEOUT_MS)
+    assert len(viewer.layers) == n_before + 1
+    # the comparison tiles still work next to the stack and do not remove it
+    ex.mode_combo.setCurrentText("cell indices")
+    ex.indices_edit.setText("0")
+    _compute(ex, qtbot)
+    assert ly in viewer.layers and "genomap | Original" in viewer.layers

@@ -13,6 +13,14 @@ as napari layers laid out as tiles:
 Each image layer stacks the comparison's rows (cells, or one averaged group) top to bottom with
 a small NaN gap. The own batch of each row is framed, the top varying genes are marked with
 labelled points, and hovering a pixel names its gene and every layer's value there.
+
+"All cells": one version (Original, FE, RE or a counterfactual) of every cell of the cells layer as
+ONE image layer over a lazy dask stack (:func:`napari_scmedal.genomap.genomap_stack`), with a slider
+over cells. Memory stays bounded while scrolling: the layer opts out of napari's global dask cache
+(``cache=False``; by default that cache may grow to 25% of the machine's memory, shared by all
+layers, see ``napari.utils.resize_dask_cache`` and the "dask" application setting, which we leave
+to the user) and the stack itself keeps only its last few computed chunks (``STACK_CACHE_CHUNKS``
+chunks of ``STACK_CHUNK_CELLS`` cells).
 """
 
 from __future__ import annotations
@@ -56,6 +64,22 @@ TITLES_LAYER = PREFIX + "titles"
 ROWS_LAYER = PREFIX + "row titles"
 OWN_LAYER = PREFIX + "own batch"
 TOP_LAYER = PREFIX + "top genes"
+STACK_KEY = "scmedal_genomap_stack"
+STACK_CHUNK_CELLS = 64  # cells per chunk (one model call) of an all-cells stack
+STACK_CACHE_CHUNKS = 4  # chunks an all-cells stack keeps: 4 x 64 x 54 x 54 x 4 B = 3 MB at most
+STACK_GAP = 10  # world units between the other layers and an all-cells stack
+
+
+def stack_versions(batches):
+    """``[(label, core version)]`` offered for an all-cells stack."""
+    from napari_scmedal.compare import FE_RECON, ORIGINAL, RE_RECON, counterfactual_name
+
+    out = [(ORIGINAL, "original"), (FE_RECON, "fe"), (RE_RECON, "re")]
+    return out + [(counterfactual_name(b), f"cf:{b}") for b in batches]
+
+
+def stack_layer_name(label):
+    return f"genomaps: {label} (all cells)"
 
 
 def tile_positions(comp):
@@ -179,6 +203,16 @@ class GenomapExplorer(QWidget):
         self.top_list = QListWidget()
         self.top_list.setMaximumHeight(170)
         root.addWidget(self.top_list)
+        # all cells: one lazy image stack with a slider over cells
+        root.addWidget(QLabel("All cells (one image stack, a slider over cells, computed on demand):"))
+        srow = QHBoxLayout()
+        self.stack_version_combo = QComboBox()
+        self.stack_btn = QPushButton("Add all-cells stack")
+        srow.addWidget(self.stack_version_combo, 1)
+        srow.addWidget(self.stack_btn)
+        root.addLayout(srow)
+        self.stack_workers = []
+        self.stack_layer = None
         root.addStretch(1)
 
         self._timer = QTimer(self)
@@ -189,6 +223,7 @@ class GenomapExplorer(QWidget):
         self._restore()
         self.compute_btn.clicked.connect(self.compute)
         self.all_btn.clicked.connect(self._select_all_targets)
+        self.stack_btn.clicked.connect(self.add_all_cells_stack)
         self.model_combo.currentTextChanged.connect(self._on_model_changed)
         self.mode_combo.currentTextChanged.connect(self._update_mode)
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
@@ -222,6 +257,7 @@ class GenomapExplorer(QWidget):
             "scale": self.scale_combo.currentText(),
             "average": self.average_check.isChecked(),
             "auto_update": self.auto_check.isChecked(),
+            "stack_version": self.stack_version_combo.currentText(),
         }
 
     def _update_mode(self, *_):
@@ -272,8 +308,12 @@ class GenomapExplorer(QWidget):
         self.targets_list.clear()
         self.label_combo.clear()
         self.batch_combo.clear()
+        self.stack_version_combo.clear()
         if model is None:
             return
+        self.stack_version_combo.addItems([label for label, _ in stack_versions(model.batches)])
+        if self.stack_version_combo.findText(str(self._saved.get("stack_version", ""))) >= 0:
+            self.stack_version_combo.setCurrentText(self._saved["stack_version"])
         saved_targets = self._saved.get("targets") or []
         batches = [str(b) for b in model.batches]
         self.targets_list.addItems(batches)
@@ -409,6 +449,121 @@ class GenomapExplorer(QWidget):
         worker.start()
         return worker
 
+    # ------------------------------------------------------------------ all cells
+    @property
+    def stack_busy(self):
+        return bool(self.stack_workers)
+
+    def stack_version(self):
+        """Core version string (``"original"``, ``"fe"``, ``"re"``, ``"cf:<b>"``) chosen for the stack."""
+        model = self.model()
+        label = self.stack_version_combo.currentText()
+        for lab, version in stack_versions(model.batches if model is not None else []):
+            if lab == label:
+                return lab, version
+        return None
+
+    def add_all_cells_stack(self):
+        """Build the lazy stack of the chosen version for every cell of the cells layer in a worker
+        (the layout, and contrast limits from a few chunks), then add it as one image layer."""
+        model = self.model()
+        layer = self.cells_layer()
+        if model is None or layer is None:
+            notify_error(ValueError("No model: train or load one in the scMEDAL model widget first "
+                                    "(Plugins > scMEDAL > scMEDAL model)."), self)
+            return None
+        if self.stack_busy:
+            return None
+        choice = self.stack_version()
+        if choice is None:
+            notify_error(ValueError("No version chosen: pick Original, a reconstruction or a counterfactual."), self)
+            return None
+        label, version = choice
+        self._saved["stack_version"] = label
+        save_settings(SECTION, self.settings())
+        adata = layer.metadata[ADATA_KEY]
+        self.status_label.setText(f"Preparing the all-cells stack ({label}) ...")
+
+        def _work():
+            from napari_scmedal.genomap import genomap_stack, stack_limits, stack_source
+
+            stack = genomap_stack(model, adata, version, chunk_cells=STACK_CHUNK_CELLS,
+                                  cache_chunks=STACK_CACHE_CHUNKS)
+            limits = stack_limits(stack, n_chunks=3)
+            return stack, limits, stack_source(stack).layout
+
+        worker = create_worker(_work, _start_thread=False, _ignore_errors=True)
+        self.stack_workers.append(worker)
+
+        def _show(result):
+            stack, limits, layout = result
+            self.show_stack(stack, label, version, limits, layout, adata)
+
+        def _err(exc):
+            self.status_label.setText(f"Failed: {exc}")
+            notify_error(exc, self, shown=True)
+
+        def _finish():
+            if worker in self.stack_workers:
+                self.stack_workers.remove(worker)
+            self.stack_btn.setEnabled(True)
+
+        worker.returned.connect(_show)
+        worker.errored.connect(_err)
+        worker.finished.connect(_finish)
+        self.stack_btn.setEnabled(False)
+        worker.start()
+        return worker
+
+    def show_stack(self, stack, label, version, limits, layout, adata=None):
+        """Add (or update) the image layer of an all-cells stack: ``stack`` is ``(n_cells, R, C)``."""
+        name = stack_layer_name(label)
+        meta = {STACK_KEY: True, "version": version, "layout": layout, "units": "log1p",
+                "colormap_name": EXPRESSION_CMAP, "cells_adata": adata}
+        limits = tuple(float(v) for v in limits)
+        if name in self.viewer.layers and isinstance(self.viewer.layers[name], Image):
+            ly = self.viewer.layers[name]
+            ly.metadata.update(meta)
+            ly.contrast_limits_range = limits
+            ly.data = stack
+            ly.contrast_limits = limits
+        else:
+            others = [o for o in self.viewer.layers if o.visible and not o.metadata.get(STACK_KEY)]
+            top, right = 0.0, 0.0
+            if others:
+                top = min(o.extent.world[0][-2] for o in others)
+                right = max(o.extent.world[1][-1] for o in others) + STACK_GAP
+            # cache=False: napari's global dask cache would keep every visited slice (see module doc)
+            ly = self.viewer.add_image(stack, name=name, colormap=EXPRESSION_CMAP, contrast_limits=limits,
+                                       interpolation2d="nearest", metadata=meta, cache=False,
+                                       translate=(0.0, top, right))
+        self.stack_layer = ly
+        n = stack.shape[0]
+        self.status_label.setText(f"{name}: {n} cells as {stack.shape[1]} x {stack.shape[2]} genomaps, computed "
+                                  f"{STACK_CHUNK_CELLS} cells at a time as you move the cell slider (log1p).")
+        return ly
+
+    def lookup_stack(self, world_pos):
+        """Under ``world_pos`` on an all-cells stack: ``{"layer", "cell", "obs_name", "pixel", "gene",
+        "value"}`` or None."""
+        for ly in self.viewer.layers:
+            if not (isinstance(ly, Image) and ly.metadata.get(STACK_KEY) and ly.visible):
+                continue
+            pos = tuple(world_pos)
+            if len(pos) < 3:
+                continue
+            k, r, c = (int(np.floor(v + 0.5)) for v in ly.world_to_data(pos)[-3:])
+            n, R, C = ly.data.shape
+            if not (0 <= k < n and 0 <= r < R and 0 <= c < C):
+                continue
+            layout = ly.metadata["layout"]
+            adata = ly.metadata.get("cells_adata")
+            value = ly.get_value(pos, world=True)
+            return {"layer": ly.name, "cell": k, "pixel": (r, c), "gene": layout.gene_at(r, c),
+                    "obs_name": str(adata.obs_names[k]) if adata is not None else None,
+                    "value": None if value is None else float(value)}
+        return None
+
     # ------------------------------------------------------------------ layers
     def _block_origin(self, tile_width):
         if self._origin is not None and any(ly in self.viewer.layers for ly in self.layers.values()):
@@ -485,6 +640,13 @@ class GenomapExplorer(QWidget):
     def focus(self):
         """Fit the camera to the genomap tiles (and their titles)."""
         layers = [ly for ly in self.viewer.layers if ly.metadata.get(GENOMAP_KEY)]
+        if layers and max(ly.ndim for ly in layers) < self.viewer.dims.ndim:
+            # napari cannot fit a subset of layers with fewer dimensions than the viewer (an all-cells
+            # stack adds the cell axis): fit the stacks too
+            layers += [ly for ly in self.viewer.layers if ly.metadata.get(STACK_KEY) and ly.visible]
+            if max(ly.ndim for ly in layers) < self.viewer.dims.ndim:
+                self.viewer.reset_view()
+                return
         if layers:
             self.viewer.fit_to_view(layers=layers, margin=0.02)
 
@@ -629,6 +791,12 @@ class GenomapExplorer(QWidget):
     def _on_mouse_move(self, viewer, event):
         info = self.lookup(event.position)
         if info is None:
+            st = self.lookup_stack(event.position)
+            if st is not None:
+                gene = st["gene"] or "(empty pixel)"
+                val = "" if st["value"] is None or not np.isfinite(st["value"]) else f": {st['value']:.3f}"
+                self.hover_label.setText(f"{gene} at pixel {st['pixel']}, cell {st['cell']} ({st['obs_name']}) "
+                                         f"in {st['layer']}{val}")
             return
         gene = info["gene"] or "(empty pixel)"
         comp = self.comparison
