@@ -222,6 +222,29 @@ def test_streaming_source_shuffles_within_and_across_blocks_with_bounded_buffers
     assert len(blocks) == 2
 
 
+class _FakeComm:
+    def __init__(self, rank, world):
+        self.rank, self.world, self.active = rank, world, False
+
+
+@pytest.mark.parametrize("chunk_cells", [100, 100_000])
+def test_streaming_shards_are_disjoint_equal_length_and_cover_the_split(syn_file, chunk_cells):
+    _, p = syn_file
+    plan = stream_prepare(p, "batch", n_genes=100, chunk_cells=chunk_cells)
+    train = plan.splits["train"]
+    src = StreamingSource(plan, train, "cpu", buffer_blocks=2, seed=0, world=2)  # one block is cut for 2 ranks
+    seen, steps = [], []
+    for rank in (0, 1):
+        batches = list(src.epoch(16, torch.Generator().manual_seed(0), 1, _FakeComm(rank, 2)))
+        steps.append(len(batches))
+        seen.append([r.tobytes() for b in batches for r in b.X.numpy()])  # a cell's exact values
+    assert steps[0] == steps[1] > 0  # DDP lock-step: the same number of minibatches on every rank
+    assert len(set(seen[0]) | set(seen[1])) == len(seen[0]) + len(seen[1])
+    # (no cell twice: each rank reads its own shard)
+    # ranks take whole blocks, so per epoch up to one block per rank may be left out (another one each epoch)
+    assert len(seen[0]) + len(seen[1]) >= train.size - 2 * max(b.size for b in src.blocks)
+
+
 def test_step_cap_precision_and_host_resident_data(syn_file):
     a, _ = syn_file
     m = ScMEDAL(a, **TINY).train(max_epochs=2, patience=5, max_steps_per_epoch=3)

@@ -318,8 +318,9 @@ class ScMEDAL:
         from .models.loaders import InMemorySource, StreamingSource, expected_bytes, fits_on_device
 
         if self._plan is not None:
+            world = self._comm().world
             return tuple(StreamingSource(self._plan, self._split_idx[k], self.device, buffer_blocks=buffer_blocks,
-                                         seed=self.seed) for k in ("train", "val"))
+                                         seed=self.seed, world=world) for k in ("train", "val"))
         p = self._prepared
         n = sum(len(self._split_idx[k]) for k in ("train", "val"))
         nbytes = expected_bytes(n, self.recipe.n_genes, len(self.batches))

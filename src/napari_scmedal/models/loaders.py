@@ -88,7 +88,7 @@ class StreamingSource:
     """Rows of one split of an on-disk data set, streamed block by block (see the module docstring)."""
 
     def __init__(self, plan, positions, device: torch.device, buffer_blocks: int = 4, seed: int = 0,
-                 prefetch: bool = True):
+                 prefetch: bool = True, world: int = 1):
         from ..data.ondisk import OnDiskTraining  # noqa: F401 (type of ``plan``)
 
         self.plan = plan
@@ -101,6 +101,11 @@ class StreamingSource:
         block_of = rows // int(plan.chunk_cells)
         cuts = np.flatnonzero(np.diff(block_of)) + 1
         self.blocks = [p for p in np.split(pos, cuts) if p.size]  # positions per file block, in file order
+        if world > 1 and len(self.blocks) < 4 * world:
+            # too few blocks to give every rank its own: cut each into contiguous pieces (a rank then reads
+            # only its pieces' rows)
+            k = math.ceil(4 * world / max(len(self.blocks), 1))
+            self.blocks = [q for p in self.blocks for q in np.array_split(p, k) if q.size]
         self._n = int(pos.size)
 
     @property

@@ -509,6 +509,11 @@ def fit(task, train, val=None, *, max_epochs: int, patience: int, batch_size: in
         if cancelled and steps == 0:
             hist["stopped"] = "cancelled"
             break
+        if steps == 0:
+            raise TrainingError(
+                f"epoch {epoch} of {task.name.upper()} had no minibatch: {train.n} training cells cannot fill a "
+                f"minibatch of {local_bs} per process ({comm.world} process(es)). Use a smaller batch_size, fewer "
+                f"processes or more cells.")
         tr = dict(zip(task.train_names, (sums / max(steps, 1)).tolist()))
         if not math.isfinite(tr["total"]):
             raise nonfinite(tr["total"], epoch, "training")
