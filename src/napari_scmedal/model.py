@@ -176,7 +176,7 @@ class ScMEDAL:
         self.preset = preset
         self.seed = int(seed)
         self.device = resolve_device(device)
-        if self.device.type == "cuda" and self.device.index is None and self._comm().world > 1:
+        if self.device.type == "cuda" and self._comm().world > 1:
             self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")  # one GPU per rank
         self.threads = None if threads is None else int(threads)
         self.history: dict[str, dict] = {}
