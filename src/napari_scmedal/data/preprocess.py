@@ -10,7 +10,9 @@
 6. one global min-max scaling whose min and max come from the *training split only*;
 7. batch and label one-hot codes over the sorted categories of the (filtered) data.
 
-Only the selected genes are ever densified (float32); a sparse input stays sparse until then.
+Only the selected genes are ever densified (float32); a sparse input stays sparse until then. Their model
+inputs are computed by :meth:`Recipe.log_block`, the arithmetic shared with ``recipe.transform`` and the
+out-of-core reader (:mod:`napari_scmedal.data.ondisk`), so all three agree bit for bit.
 """
 
 from __future__ import annotations
