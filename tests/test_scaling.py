@@ -308,3 +308,20 @@ def test_two_process_gloo_training_completes_and_its_model_loads(syn_file, tmp_p
     assert m.recipe.to_dict() == single.recipe.to_dict()
     z = m.get_latent_representation("fe", adata=a)
     assert z.shape == (900, 50) and np.isfinite(z).all()
+
+
+def test_a_model_of_too_many_cells_to_list_still_saves_and_loads(syn_file, tmp_path, monkeypatch):
+    import napari_scmedal.model as model_module
+    from napari_scmedal.metrics import evaluate_model
+
+    a, _ = syn_file
+    m = ScMEDAL(a, **TINY).train(max_epochs=1)
+    monkeypatch.setattr(model_module, "_MAX_SPLIT_JSON", 1000)  # as if it had millions of cells
+    with pytest.warns(RuntimeWarning, match="not stored"):
+        path = m.save(tmp_path / "big.safetensors")
+    back = ScMEDAL.load(path)
+    assert back.splits == {} and back.genes == m.genes
+    np.testing.assert_allclose(back.get_latent_representation("fe", adata=a), m.get_latent_representation("fe"),
+                               atol=1e-5)
+    with pytest.raises(DataError, match="does not carry its train/val/test split"):
+        evaluate_model(back, "test", adata=a)

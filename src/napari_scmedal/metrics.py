@@ -135,6 +135,10 @@ def evaluate_model(model, split: str = "test", *, subsample: int | None = 10000,
 
     ad_ = model._training_adata(adata)
     splits = model.splits
+    if not splits:
+        raise _DE("this model does not carry its train/val/test split (its file was saved without the cell names: "
+                  "too many cells to list); evaluate with the model object returned by training, or score chosen "
+                  "cells with napari_scmedal.metrics.latent_scores(model.get_latent_representation(...), ...).")
     if split not in splits:
         raise _DE(f"unknown split {split!r}; choose one of {sorted(splits)}.")
     names = list(ad_.obs_names)

@@ -698,8 +698,20 @@ class ScMEDAL:
             "trained": list(self._trained), "history": self.history, "splits": self.splits,
             "versions": _versions(), "layout": layout,
         }
+        text = json.dumps(meta)
+        if len(text) > _MAX_SPLIT_JSON:  # millions of cells: the split's cell names would overflow the header
+            import warnings
+
+            n = sum(len(v) for v in self.splits.values())
+            meta["splits"] = {}
+            meta["splits_omitted"] = (f"{n} cell names did not fit the model file's header; the split is "
+                                      f"reproducible from the data with split_seed={self.config['split_seed']}")
+            warnings.warn(f"the train/val/test cell names ({n} cells) are not stored in {path.name}: too many for "
+                          f"the file header. The split is reproducible from the same data and split_seed.",
+                          RuntimeWarning, stacklevel=2)
+            text = json.dumps(meta)
         blob = st_save(tensors, metadata={"format": FILE_FORMAT, "format_version": str(FILE_VERSION),
-                                          "scmedal": json.dumps(meta)})
+                                          "scmedal": text})
         _atomic_write(path, blob)
         return path
 
@@ -793,6 +805,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 _MAX_HEADER = 100 * 1024 * 1024
+#: Largest JSON metadata written (safetensors refuses headers over 100 MB); past it the split's names are left out.
+_MAX_SPLIT_JSON = 60 * 1024 * 1024
 
 
 def _read_header(path: Path) -> tuple[dict, int]:
