@@ -21,7 +21,7 @@ import torch
 from napari_scmedal import ScMEDAL
 from napari_scmedal.cli import main
 from napari_scmedal.data import make_synthetic, prepare_training
-from napari_scmedal.data.ondisk import H5adSource, LazyPrepared, stream_prepare
+from napari_scmedal.data.ondisk import H5adSource, stream_prepare
 from napari_scmedal.datasets import cellbench_path
 from napari_scmedal.distributed import Comm
 from napari_scmedal.errors import DataError, ScMEDALError

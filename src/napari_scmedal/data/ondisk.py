@@ -29,10 +29,10 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import DataError
-from .preprocess import MIN_CELLS_PER_GENE, MIN_GENES_PER_CELL, TARGET_SUM, make_recipe
+from .preprocess import MIN_CELLS_PER_GENE, MIN_GENES_PER_CELL, TARGET_SUM, check_filtered, finish_recipe
 from .recipe import Prepared, Recipe, one_hot
 from .splits import stratified_split
-from .validation import _summary, check_batches, check_value_summary, merge_summaries, validate_metadata
+from .validation import _summary, check_value_summary, merge_summaries, validate_metadata
 
 __all__ = ["H5adSource", "open_source", "is_on_disk", "stream_prepare", "OnDiskTraining", "LazyPrepared",
            "seurat_hvg", "DEFAULT_CHUNK_CELLS"]
@@ -339,20 +339,9 @@ def stream_prepare(source, batch_key: str, label_key: str | None = None, n_genes
     cell_keep = detected >= MIN_GENES_PER_CELL
     gene_keep = gene_cells >= MIN_CELLS_PER_GENE
     cells = np.flatnonzero(cell_keep).astype(np.int64)
-    if cells.size == 0 or not gene_keep.any():
-        raise DataError(
-            f"No data left after filtering cells with < {MIN_GENES_PER_CELL} detected genes and genes detected in "
-            f"< {MIN_CELLS_PER_GENE} cells ({cells.size} cells x {int(gene_keep.sum())} genes remain). "
-            "The matrix is nearly empty; check that X (or the layer) holds expression values.")
     obs = src.obs
-    stage = f" after removing {n - cells.size} cells with fewer than {MIN_GENES_PER_CELL} detected genes"
     batch_values = obs[batch_key].iloc[cells].astype(str)
-    check_batches(batch_values, batch_key, min_cells_per_batch, stage=stage)
-    if int(gene_keep.sum()) < n_genes:
-        raise DataError(
-            f"Only {int(gene_keep.sum())} genes are detected in at least {MIN_CELLS_PER_GENE} cells, fewer than the "
-            f"n_genes={n_genes} requested. Pass n_genes={int(gene_keep.sum())} or fewer (the genomap grid shrinks "
-            "accordingly), or use data with more genes.")
+    check_filtered(n, int(cells.size), int(gene_keep.sum()), n_genes, batch_values, batch_key, min_cells_per_batch)
     label_values = None if label_key is None else obs[label_key].iloc[cells].astype(str)
     splits = stratified_split(batch_values.to_numpy(), None if label_values is None else label_values.to_numpy(),
                               fractions=split_fractions, seed=split_seed)
@@ -409,23 +398,12 @@ def stream_prepare(source, batch_key: str, label_key: str | None = None, n_genes
         var *= n_cells / (n_cells - 1)
     hv_kept = seurat_hvg(mean[gene_keep], var[gene_keep], n_genes)
     hv_cols = norm_cols[hv_kept]
-    if hv_cols.size != n_genes:
-        raise DataError(f"Highly-variable-gene selection returned {hv_cols.size} genes instead of {n_genes}. "
-                        "Lower n_genes or check the data for many constant genes.")
     n_train = int(splits["train"].size)
     gmin = np.where(train_nz < n_train, np.float32(0.0), gmin)
     scale_min, scale_max = float(gmin[hv_cols].min()), float(gmax[hv_cols].max())
-    if not scale_max > scale_min:
-        raise DataError(
-            f"The training cells have constant expression ({scale_min:g}) over the selected genes, so they "
-            "cannot be scaled. Check that X (or the layer) holds real expression values.")
     genes = [str(g) for g in src.var_names[hv_cols]]
-    batches = sorted(batch_values.unique())
-    labels = None if label_values is None else sorted(label_values.unique())
-    recipe = make_recipe(genes, batch_key, label_key, batches, labels, kind, layer, scale_min, scale_max,
-                         normalization_genes)
-    batch = recipe.batch_codes(batch_values.to_numpy())
-    label = None if labels is None else recipe.label_codes(label_values.to_numpy())
+    recipe, batch, label = finish_recipe(genes, n_genes, batch_values, label_values, batch_key, label_key, kind,
+                                         layer, scale_min, scale_max, normalization_genes)
     t2 = time.perf_counter()
     info = {"cells_in_file": n, "genes_in_file": m, "cells_removed": int(n - n_cells),
             "genes_removed": int(m - gene_keep.sum()), "pass1_s": t1 - t0, "pass2_s": t2 - t1,

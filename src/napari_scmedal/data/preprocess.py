@@ -75,6 +75,46 @@ def make_recipe(genes, batch_key, label_key, batches, labels, kind, layer, scale
     )
 
 
+def check_filtered(n_cells_in: int, n_cells: int, n_genes_kept: int, n_genes: int, batch_values, batch_key: str,
+                   min_cells_per_batch: int) -> None:
+    """The errors after the cell/gene filters (shared by the in-memory and the out-of-core paths)."""
+    if n_cells == 0 or n_genes_kept == 0:
+        raise DataError(
+            f"No data left after filtering cells with < {MIN_GENES_PER_CELL} detected genes and genes detected in "
+            f"< {MIN_CELLS_PER_GENE} cells ({n_cells} cells x {n_genes_kept} genes remain). "
+            "The matrix is nearly empty; check that X (or the layer) holds expression values."
+        )
+    stage = f" after removing {n_cells_in - n_cells} cells with fewer than {MIN_GENES_PER_CELL} detected genes"
+    check_batches(batch_values, batch_key, min_cells_per_batch, stage=stage)
+    if n_genes_kept < n_genes:
+        raise DataError(
+            f"Only {n_genes_kept} genes are detected in at least {MIN_CELLS_PER_GENE} cells, fewer than the "
+            f"n_genes={n_genes} requested. Pass n_genes={n_genes_kept} or fewer (the genomap grid shrinks "
+            "accordingly), or use data with more genes."
+        )
+
+
+def finish_recipe(genes, n_genes, batch_values, label_values, batch_key, label_key, kind, layer, scale_min,
+                  scale_max, normalization_genes):
+    """Check the gene count and the scaling range, build the Recipe and code the cells' batches and labels:
+    ``(recipe, batch codes, label codes or None)``. Shared by the in-memory and the out-of-core paths."""
+    if len(genes) != n_genes:  # scanpy cuts ties by rank; guard anyway
+        raise DataError(f"Highly-variable-gene selection returned {len(genes)} genes instead of {n_genes}. "
+                        "Lower n_genes or check the data for many constant genes.")
+    if not scale_max > scale_min:
+        raise DataError(
+            f"The training cells have constant expression ({scale_min:g}) over the selected genes, so they "
+            "cannot be scaled. Check that X (or the layer) holds real expression values."
+        )
+    batches = sorted(batch_values.unique())
+    labels = None if label_values is None else sorted(label_values.unique())
+    recipe = make_recipe(genes, batch_key, label_key, batches, labels, kind, layer, scale_min, scale_max,
+                         normalization_genes)
+    batch = recipe.batch_codes(batch_values.to_numpy())
+    label = None if labels is None else recipe.label_codes(label_values.to_numpy())
+    return recipe, batch, label
+
+
 def _log_expression(adata, cells, genes, normalization_genes, kind, layer) -> np.ndarray:
     """float32 log1p-normalised expression of ``genes`` for ``cells`` (library size over
     ``normalization_genes``), computed with :meth:`Recipe.log_block`."""
@@ -127,23 +167,9 @@ def prepare_training(
         warnings.simplefilter("ignore", UserWarning)
         sc.pp.filter_cells(work, min_genes=MIN_GENES_PER_CELL)
         sc.pp.filter_genes(work, min_cells=MIN_CELLS_PER_GENE)
-    if work.n_obs == 0 or work.n_vars == 0:
-        raise DataError(
-            f"No data left after filtering cells with < {MIN_GENES_PER_CELL} detected genes and genes detected in "
-            f"< {MIN_CELLS_PER_GENE} cells ({work.n_obs} cells x {work.n_vars} genes remain). "
-            "The matrix is nearly empty; check that X (or the layer) holds expression values."
-        )
     cells = work.obs_names
-    stage = (f" after removing {adata.n_obs - work.n_obs} cells with fewer than {MIN_GENES_PER_CELL} "
-             "detected genes")
     batch_values = adata.obs[batch_key].loc[cells].astype(str)
-    check_batches(batch_values, batch_key, min_cells_per_batch, stage=stage)
-    if work.n_vars < n_genes:
-        raise DataError(
-            f"Only {work.n_vars} genes are detected in at least {MIN_CELLS_PER_GENE} cells, fewer than the "
-            f"n_genes={n_genes} requested. Pass n_genes={work.n_vars} or fewer (the genomap grid shrinks "
-            "accordingly), or use data with more genes."
-        )
+    check_filtered(adata.n_obs, work.n_obs, work.n_vars, n_genes, batch_values, batch_key, min_cells_per_batch)
     normalization_genes = [str(g) for g in work.var_names]
 
     with warnings.catch_warnings():
@@ -154,9 +180,6 @@ def prepare_training(
         sc.pp.highly_variable_genes(work, flavor="seurat", n_top_genes=n_genes)
     hv = work.var["highly_variable"].to_numpy()
     genes = [str(g) for g in work.var_names[hv]]
-    if len(genes) != n_genes:  # scanpy cuts ties by rank; guard anyway
-        raise DataError(f"Highly-variable-gene selection returned {len(genes)} genes instead of {n_genes}. "
-                        "Lower n_genes or check the data for many constant genes.")
     del work
     # The model-space values come from the recipe's own block arithmetic (Recipe.log_block), the same
     # code that recipe.transform and the out-of-core reader run, so all three agree bit for bit.
@@ -167,21 +190,11 @@ def prepare_training(
                               fractions=split_fractions, seed=split_seed)
     train = X_log[splits["train"]]
     scale_min, scale_max = float(train.min()), float(train.max())
-    if not scale_max > scale_min:
-        raise DataError(
-            f"The training cells have constant expression ({scale_min:g}) over the selected genes, so they "
-            "cannot be scaled. Check that X (or the layer) holds real expression values."
-        )
-
-    batches = sorted(batch_values.unique())
-    labels = None if label_values is None else sorted(label_values.unique())
-    recipe = make_recipe(genes, batch_key, label_key, batches, labels, kind, layer, scale_min, scale_max,
-                         normalization_genes)
-    batch = recipe.batch_codes(batch_values.to_numpy())
-    label = None if labels is None else recipe.label_codes(label_values.to_numpy())
+    recipe, batch, label = finish_recipe(genes, n_genes, batch_values, label_values, batch_key, label_key, kind,
+                                         layer, scale_min, scale_max, normalization_genes)
     prepared = Prepared(
-        X=recipe.scale(X_log), X_log=X_log, batch=batch, batch_onehot=one_hot(batch, len(batches)),
-        label=label, label_onehot=None if label is None else one_hot(label, len(labels)),
+        X=recipe.scale(X_log), X_log=X_log, batch=batch, batch_onehot=one_hot(batch, recipe.n_batches),
+        label=label, label_onehot=None if label is None else one_hot(label, recipe.n_labels),
         obs_names=pd.Index(cells.copy()),
     )
 
@@ -190,4 +203,4 @@ def prepare_training(
     return TrainingData(adata=out, recipe=recipe, prepared=prepared, splits=splits)
 
 
-__all__ = ["prepare_training", "make_recipe", "TrainingData", "TARGET_SUM", "MIN_GENES_PER_CELL", "MIN_CELLS_PER_GENE"]
+__all__ = ["prepare_training", "make_recipe", "check_filtered", "finish_recipe", "TrainingData", "TARGET_SUM", "MIN_GENES_PER_CELL", "MIN_CELLS_PER_GENE"]
