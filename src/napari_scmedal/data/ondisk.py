@@ -204,6 +204,8 @@ def open_source(data, layer: str | None = None) -> H5adSource:
             return H5adSource(data.path, layer, obs=data.obs)
         return data
     if getattr(data, "isbacked", False):
+        if getattr(data, "is_view", False):  # a subset of the file's cells: the file's own obs describes its rows
+            return H5adSource(data.filename, layer)
         return H5adSource(data.filename, layer, obs=data.obs)
     return H5adSource(data, layer)
 
@@ -483,8 +485,15 @@ class LazyPrepared:
         """Every cell of an on-disk data set (path, backed AnnData or source), aligned to ``recipe``
         (raises RecipeMismatchError like :meth:`Recipe.transform`)."""
         src = open_source(data, recipe.layer if layer is None else layer)
-        idx, norm_idx, batch, label = recipe.align(src.obs, src.var_names, require_labels)
-        return cls(recipe, src, np.arange(src.n_obs), batch, label, src.obs_names, idx, norm_idx, chunk_cells)
+        obs, rows = src.obs, np.arange(src.n_obs)
+        if getattr(data, "is_view", False):  # a backed AnnData view: its cells are some rows of the file
+            obs = data.obs
+            rows = src.obs_names.get_indexer(pd.Index(obs.index.astype(str)))
+            if np.any(rows < 0):
+                raise DataError("some cells of this backed AnnData view are not rows of its file; pass the file's "
+                                "path or a view made by indexing the backed AnnData.")
+        idx, norm_idx, batch, label = recipe.align(obs, src.var_names, require_labels)
+        return cls(recipe, src, rows, batch, label, pd.Index(obs.index.astype(str)), idx, norm_idx, chunk_cells)
 
     @property
     def n_obs(self) -> int:
