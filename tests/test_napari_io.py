@@ -190,3 +190,36 @@ def test_pca_of_large_data_fits_on_a_subsample_and_projects_every_cell():
     assert sub.shape == (ad.n_obs, 2)
     assert abs(np.corrcoef(sub[:, 0], full[:, 0])[0, 1]) > 0.98
     np.testing.assert_allclose(pca_2d(X), pca_2d(X.toarray()), atol=1e-3)
+
+
+def test_large_files_open_backed_and_train_out_of_core_from_the_widget(make_napari_viewer, qtbot, tmp_path,
+                                                                        monkeypatch):
+    """Files over NAPARI_SCMEDAL_BACKED_GB open backed (matrix left on disk, sampled PCA); the model widget
+    then trains from the file, and the user's file is untouched."""
+    monkeypatch.setenv("NAPARI_SCMEDAL_BACKED_GB", "0")  # treat every file as large
+    src = cellbench()
+    src.obsm.clear()
+    path = tmp_path / "large.h5ad"
+    src.write_h5ad(path)
+    before = _sha(path)
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(path), plugin=PLUGIN)
+    adata = layer.metadata["adata"]
+    assert adata.isbacked and layer.metadata["backed"] is True
+    assert layer.metadata["embedding"] == "PCA of log-normalised genes (sampled fit)"
+    lines = layer.features["cell_line"].astype(str).to_numpy()
+    a, b = layer.data[lines == "A549"], layer.data[lines == "H1975"]
+    assert np.linalg.norm(a.mean(0) - b.mean(0)) > 1.5 * np.sqrt((a.var(0).sum() + b.var(0).sum()) / 2)
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "scMEDAL model")
+    w.batch_combo.setCurrentText("batch")
+    w.label_combo.setCurrentText("cell_line")
+    w.genes_spin.setValue(256)
+    w.preset_combo.setCurrentText("quick")
+    w.epochs_spin.setValue(2)
+    w.threads_spin.setValue(1)
+    w.start_training()
+    qtbot.waitUntil(lambda: not w.busy and w.model is not None, timeout=180_000)
+    assert w.model.backed  # trained from the file, block by block
+    assert w.model.history["fe"]["config"]["backed"] is True
+    assert any("FE latent" in ly.name for ly in viewer.layers)
+    assert _sha(path) == before

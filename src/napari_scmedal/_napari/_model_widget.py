@@ -457,8 +457,10 @@ class ModelWidget(QWidget):
             from napari_scmedal.model import ScMEDAL
 
             model = ScMEDAL.load(path)
-            # raises RecipeMismatchError naming the missing genes / unknown batches and the fix
-            model.recipe.transform(adata)
+            # raises RecipeMismatchError naming the missing genes / unknown batches and the fix; the values
+            # are checked on the first cells only, so a large (backed) file is not read whole here
+            model.recipe.align(adata.obs, adata.var_names)
+            model.recipe.transform(adata[: min(adata.n_obs, 256)])
             return model
 
         return self._run(_load, lambda model: self._on_model_ready(model, layer, f"loaded from {path}"))

@@ -1,14 +1,34 @@
-"""npe2 reader: an ``.h5ad`` file opens as a Points layer of cells (see :mod:`._layers`)."""
+"""npe2 reader: an ``.h5ad`` file opens as a Points layer of cells (see :mod:`._layers`).
+
+Files of at least :func:`backed_threshold_bytes` (2 GB by default; environment variable
+``NAPARI_SCMEDAL_BACKED_GB``) open **backed**: obs and obsm are read, the expression matrix stays on disk.
+The layer's AnnData is then a backed AnnData, so training from the model widget runs out of core and the
+genomap stacks read cells on demand (docs/scaling.md).
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import numpy as np
+
 from ._layers import cells_layer_data
+
+#: default size from which .h5ad files open backed
+BACKED_DEFAULT_GB = 2.0
 
 
 def _is_h5ad(path) -> bool:
     return isinstance(path, (str, Path)) and str(path).lower().endswith(".h5ad")
+
+
+def backed_threshold_bytes() -> float:
+    """Files at least this large open backed (``NAPARI_SCMEDAL_BACKED_GB``, default 2 GB; 0 = always)."""
+    try:
+        return float(os.environ.get("NAPARI_SCMEDAL_BACKED_GB", BACKED_DEFAULT_GB)) * 1e9
+    except ValueError:
+        return BACKED_DEFAULT_GB * 1e9
 
 
 def napari_get_reader(path):
@@ -23,13 +43,67 @@ def read_h5ad_layers(path):
     """Read ``.h5ad`` file(s) (never modified) into cells layer-data tuples.
 
     Points sit at ``obsm["X_umap"]``, else ``obsm["X_pca"]``, else a PCA of the log-normalised
-    genes; features are the obs columns; the AnnData is in ``layer.metadata["adata"]``.
+    genes; features are the obs columns; the AnnData is in ``layer.metadata["adata"]`` (backed for
+    large files, see the module docstring).
     """
     from napari_scmedal.data import read_h5ad
 
     paths = path if isinstance(path, (list, tuple)) else [path]
     out = []
     for p in paths:
+        meta = {"source_path": str(p)}
+        if Path(p).exists() and Path(p).stat().st_size >= backed_threshold_bytes():
+            adata, coords, source = read_backed(p)
+            meta["backed"] = True
+            out.append(cells_layer_data(adata, name=Path(p).stem, coords=coords, source=source, extra_metadata=meta))
+            continue
         adata = read_h5ad(p)
-        out.append(cells_layer_data(adata, name=Path(p).stem, extra_metadata={"source_path": str(p)}))
+        out.append(cells_layer_data(adata, name=Path(p).stem, extra_metadata=meta))
     return out
+
+
+def read_backed(path, seed: int = 0, max_fit: int = 5000, n_top: int = 2000):
+    """Open ``path`` backed (read-only) and return ``(adata, coords (n, 2), source)``.
+
+    The file's UMAP/PCA is used when present; otherwise two principal components of the
+    log-normalised expression are fitted on ``max_fit`` sampled cells (their ``n_top`` most variable
+    genes) and every cell is projected block by block, so the matrix is never loaded whole.
+    """
+    import anndata as ad
+
+    from napari_scmedal.data.ondisk import DEFAULT_CHUNK_CELLS, H5adSource
+    from napari_scmedal.errors import DataError
+
+    from ._layers import _log_normalised
+
+    try:
+        adata = ad.read_h5ad(path, backed="r")
+    except Exception as exc:
+        raise DataError(f"Could not open {path} as AnnData ({type(exc).__name__}: {exc}). Check that it was written "
+                        "by anndata (adata.write_h5ad).") from exc
+    for key in ("X_umap", "X_pca"):
+        if key in adata.obsm and np.asarray(adata.obsm[key]).shape[1] >= 2:
+            return adata, np.asarray(adata.obsm[key])[:, :2].astype(np.float32), key
+    from sklearn.decomposition import PCA
+
+    src = H5adSource(path, obs=adata.obs)
+    n = src.n_obs
+    rows = np.arange(n) if n <= max_fit else np.sort(np.random.default_rng(seed).choice(n, max_fit, replace=False))
+    sample = ad.AnnData(X=src.read_rows(rows))
+    sample.X = sample.X.astype(np.float32)
+    logged = _log_normalised(sample)
+    Xs = logged.X.toarray() if hasattr(logged.X, "toarray") else np.asarray(logged.X)
+    keep = np.sort(np.argsort(Xs.var(axis=0))[::-1][:n_top])
+    pca = PCA(n_components=min(2, len(keep), len(rows)), random_state=seed)
+    pca.fit(Xs[:, keep])
+    coords = np.empty((n, 2), np.float32)
+    for a in range(0, n, DEFAULT_CHUNK_CELLS):
+        blk = ad.AnnData(X=src.read(a, min(a + DEFAULT_CHUNK_CELLS, n)).astype(np.float32))
+        blk = _log_normalised(blk)  # the same counts-vs-log rule as the sample's
+        Xb = blk.X.toarray() if hasattr(blk.X, "toarray") else np.asarray(blk.X)
+        Y = pca.transform(Xb[:, keep]).astype(np.float32)
+        coords[a:a + Y.shape[0], :Y.shape[1]] = Y
+        if Y.shape[1] < 2:
+            coords[a:a + Y.shape[0], 1] = 0.0
+    src.close()
+    return adata, coords, "PCA of log-normalised genes (sampled fit)"
