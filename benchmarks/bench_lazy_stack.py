@@ -296,7 +296,8 @@ def _table(versions: dict, chunk_cells: int) -> list[str]:
     lines.append("")
     for v, o in versions.items():
         lines.append(f"- {v}: stack built in {o['build_s']} s (no cell computed), first slice {o['first_slice_s']} s"
-                     + (" (includes the counterfactual anchors, once per model)" if v.startswith("cf:") else "")
+                     + (" (computes the counterfactual anchors if the model has none yet: once per model; a saved "
+                        "model carries them)" if v.startswith("cf:") else "")
                      + f"; peak RSS so far {o['peak_rss_so_far_gb']} GB.")
     return lines
 
@@ -339,6 +340,14 @@ def markdown(r: dict) -> str:
                      "napari's global dask cache is off for this layer (``cache=False``).")
     else:
         lines.append(f"napari: {nap}")
+    lines += ["", "## Memory bound", "",
+              ("The explorer adds the stack with ``cache=False``: napari's global dask cache (napari 0.9: "
+              "``napari.utils.resize_dask_cache``, the application setting \"dask\") defaults to 25% of the "
+              "machine's memory, shared by all layers, and would keep every visited chunk up to that size "
+              "(about the size of the whole materialised stack on this machine). We leave that user setting "
+              "alone and opt this layer out; the stack itself keeps its last 4 chunks (LRU, 3 MB at 54 x 54), "
+              "so scrolling back and forth within a few chunks does not rerun the model. What remains is the "
+              "model, the file's metadata and one chunk in flight, whatever the number of cells.")]
     return "\n".join(lines) + "\n"
 
 
