@@ -343,7 +343,7 @@ def markdown(r: dict) -> str:
     lines += ["", "## Memory bound", "",
               ("The explorer adds the stack with ``cache=False``: napari's global dask cache (napari 0.9: "
               "``napari.utils.resize_dask_cache``, the application setting \"dask\") defaults to 25% of the "
-              "machine's memory, shared by all layers, and would keep every visited chunk up to that size "
+              "machine's memory, shared by all layers, and may keep visited chunks up to that size "
               "(about the size of the whole materialised stack on this machine). We leave that user setting "
               "alone and opt this layer out; the stack itself keeps its last 4 chunks (LRU, 3 MB at 54 x 54), "
               "so scrolling back and forth within a few chunks does not rerun the model. What remains is the "
