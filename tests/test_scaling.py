@@ -325,3 +325,21 @@ def test_a_model_of_too_many_cells_to_list_still_saves_and_loads(syn_file, tmp_p
                                atol=1e-5)
     with pytest.raises(DataError, match="does not carry its train/val/test split"):
         evaluate_model(back, "test", adata=a)
+
+
+def test_embed_backed_writes_latents_into_a_copy_of_the_file(syn_file, tmp_path):
+    a, p = syn_file
+    model_path = tmp_path / "m.safetensors"
+    ScMEDAL(p, chunk_cells=128, **TINY).train(max_epochs=2).save(model_path)
+    before = _sha(p)
+    out = tmp_path / "embedded.h5ad"
+    assert main(["embed", str(model_path), str(p), "--backed", "--out", str(out), "-q"]) == 0
+    assert _sha(p) == before
+    res = ad.read_h5ad(out)
+    m = ScMEDAL.load(model_path)
+    for k in ("fe", "fec", "re"):
+        np.testing.assert_allclose(res.obsm[f"X_scmedal_{k}"], m.get_latent_representation(k, adata=a), atol=1e-5)
+    assert list(res.uns["scmedal"]["genes"]) == m.genes
+    assert (res.X != a.X).nnz == 0 and list(res.obs_names) == list(a.obs_names)  # the rest is the input's
+    assert main(["embed", str(model_path), str(p), "--backed", "--reconstructions", "--out",
+                 str(tmp_path / "r.h5ad"), "-q"]) == 1

@@ -280,6 +280,8 @@ def cmd_embed(args, con: _Console) -> int:
     import numpy as np
 
     model, model_path = _load_model(args.model, args)
+    if args.backed:
+        return _embed_backed(args, con, model, model_path)
     adata, data_path = _read_data(args.data, layer=args.layer)
     out = _check_output_file(args.out, [data_path, model_path], "output file")
     if out.suffix != ".h5ad":
@@ -319,6 +321,46 @@ def cmd_embed(args, con: _Console) -> int:
         con.say(f"added layers: {[k for k in adata.layers if k.startswith('scmedal_')]}")
     _write_h5ad(adata, out)
     con.say(f"wrote {out}")
+    return 0
+
+
+def _embed_backed(args, con: _Console, model, model_path) -> int:
+    """``embed --backed``: latents computed block by block from the file; the output is a copy of the input
+    file (copied on disk, never loaded) with the latents added to obsm and the summary to uns."""
+    import shutil
+
+    import anndata as ad
+    import h5py
+
+    data_path = _existing_file(args.data, "data file")
+    out = _check_output_file(args.out, [data_path, model_path], "output file")
+    if out.suffix != ".h5ad":
+        raise UsageError(f"The output {str(out)!r} must end in .h5ad.")
+    if args.reconstructions or args.counterfactuals is not None:
+        raise UsageError("--backed writes latents only: reconstructions and counterfactuals are dense cells x genes "
+                         "layers, too large for the files --backed is for. Use 'scmedal genomap' or the Python API "
+                         "(model.get_version(..., rows=(start, stop))) on the cells you need.")
+    if args.layer is not None and args.layer != model.recipe.layer:
+        raise UsageError(f"--layer {args.layer!r} differs from the layer the model was trained on "
+                         f"({model.recipe.layer!r}); with --backed the model's own layer is read.")
+    latents = {k: model.get_latent_representation(k, adata=data_path) for k in model.trained_kinds}
+    con.say(f"latents computed for {next(iter(latents.values())).shape[0]} cells from the file, block by block")
+    with atomic_output(out) as tmp:
+        shutil.copyfile(data_path, tmp)
+        with h5py.File(tmp, "r+") as f:
+            obsm = f["obsm"] if "obsm" in f else f.create_group("obsm")
+            for k, z in latents.items():
+                key = f"X_scmedal_{k}"
+                if key in obsm:
+                    del obsm[key]
+                ad.io.write_elem(obsm, key, z)
+            uns = f["uns"] if "uns" in f else f.create_group("uns")
+            if "scmedal" in uns:
+                del uns["scmedal"]
+            summary = {k: v for k, v in _json_safe(model.summary()).items() if v is not None}
+            summary["config"] = {k: v for k, v in summary["config"].items() if v is not None}
+            ad.io.write_elem(uns, "scmedal", summary)
+    con.say(f"wrote {out} (a copy of {data_path.name} with obsm: {', '.join('X_scmedal_' + k for k in latents)})")
     return 0
 
 
@@ -821,6 +863,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--counterfactuals", nargs="*", default=None, metavar="BATCH",
                    help="add counterfactual layers for these batches (no name: every batch)")
     e.add_argument("--layer", default=None, help="use this layer instead of X")
+    e.add_argument("--backed", action="store_true",
+                   help="for files larger than memory: latents computed block by block, written into a copy of "
+                        "the file (latents only)")
     e.set_defaults(func=cmd_embed)
 
     gm = sub.add_parser("genomap", parents=[common], help="genomap arrays, panels and top-gene tables of chosen cells",
