@@ -125,6 +125,18 @@ def test_on_disk_path_as_adata_reads_only_its_chunk(disk_model, monkeypatch):
     np.testing.assert_allclose(img, eager[130], rtol=1e-5, atol=1e-5, equal_nan=True)
 
 
+def test_backed_view_as_adata_uses_the_views_rows(disk_model):
+    import anndata as ad
+
+    model, path = disk_model
+    backed = ad.read_h5ad(path, backed="r")
+    view = backed[np.arange(150, 260)]
+    stack = genomap_stack(model, view, "cf:batch0", chunk_cells=32)
+    assert stack.shape[0] == 110
+    eager = _eager(model, "cf:batch0", adata=ad.read_h5ad(path)[150:260].copy())
+    np.testing.assert_allclose(stack[30:75].compute(), eager[30:75], rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
 def test_nothing_is_computed_at_construction_and_one_cell_runs_only_its_chunk(mem_model, monkeypatch):
     model, _ = mem_model
     model.layout  # noqa: B018 - built by the tests above or here; not a get_version call either way

@@ -131,7 +131,10 @@ def _resolve_adata(model, adata):
     from ..data.ondisk import is_on_disk, open_source
 
     if is_on_disk(adata):
-        src = open_source(adata, model.recipe.layer)
+        if getattr(adata, "is_view", False):  # a backed view: some rows of its file, resolved by the model per call
+            model.recipe.align(adata.obs, adata.var_names)
+            return adata, int(adata.n_obs)
+        src = open_source(adata, model.recipe.layer)  # opened once (obs and var names read once)
         model.recipe.align(src.obs, src.var_names)
         return src, int(src.n_obs)
     if not hasattr(adata, "obs") or not hasattr(adata, "var_names"):
