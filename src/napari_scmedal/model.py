@@ -375,11 +375,21 @@ class ScMEDAL:
                                 "adata= (an AnnData with the model's genes and batch column, e.g. the data it "
                                 "was trained on).")
             return self._prepared
-        if is_on_disk(adata):
-            return LazyPrepared.from_source(self.recipe, adata)
-        if lazy:
-            return _InMemoryLazy(self.recipe, adata)
-        return self.recipe.transform(adata)
+        if not (lazy or is_on_disk(adata)):
+            return self.recipe.transform(adata)
+        # lazy views are reused for the same data object (and same shape): repeated row-range calls, as a
+        # genomap stack makes, then skip re-matching the whole data set's metadata to the recipe
+        key = (str(adata) if isinstance(adata, (str, os.PathLike)) else id(adata),
+               getattr(adata, "shape", None))
+        cache = self.__dict__.setdefault("_lazy_views", {})
+        hit = cache.get(key)
+        if hit is not None and (hit[0] is adata or isinstance(adata, (str, os.PathLike))):
+            return hit[1]
+        view = LazyPrepared.from_source(self.recipe, adata) if is_on_disk(adata) else _InMemoryLazy(self.recipe, adata)
+        if len(cache) >= 4:
+            cache.pop(next(iter(cache)))
+        cache[key] = (adata, view)
+        return view
 
     def n_cells(self, adata=None) -> int:
         """Number of cells the inference methods return rows for (training cells when ``adata`` is None)."""
