@@ -24,7 +24,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results"
-TOLERANCE = 0.05  # relative difference of the final validation loss accepted as "the same"
+TOLERANCE = 0.05  # relative difference of the final validation reconstruction loss accepted as "the same"
+TOLERANCE_TOTAL = 0.10  # ... and of the total (FE's includes the negated adversary term, which fluctuates)
 
 
 def _run(cmd, env) -> tuple[float, subprocess.CompletedProcess]:
@@ -39,7 +40,7 @@ def _summary(path: str) -> dict:
     m = ScMEDAL.load(path)
     out = {}
     for k, h in m.history.items():
-        out[k] = {"val_total": h["val"]["total"], "epochs": len(h["epochs"]), "cells_seen": h["cells_seen"],
+        out[k] = {"val_total": h["val"]["total"], "val_recon": h["val"]["recon"], "epochs": len(h["epochs"]), "cells_seen": h["cells_seen"],
                   "elapsed_s": round(h["elapsed_s"], 2), "cells_per_s": round(h["cells_per_s"], 1),
                   "world_size": h["world_size"], "max_rank_divergence": h.get("max_rank_divergence", 0.0)}
     return out
@@ -64,7 +65,7 @@ def main() -> int:
               "--seed", str(args.seed), "--threads", "1", "--no-layout", "-q"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     res = {"data": str(data), "cells": args.cells, "genes": args.genes, "epochs": args.epochs,
-           "global_batch_size": args.batch_size, "tolerance_rel": TOLERANCE, "cpus": os.cpu_count(),
+           "global_batch_size": args.batch_size, "tolerance_rel": TOLERANCE, "tolerance_rel_total": TOLERANCE_TOTAL, "cpus": os.cpu_count(),
            "date": time.strftime("%Y-%m-%d %H:%M")}
     with tempfile.TemporaryDirectory() as tmp:
         w1, r1 = _run([sys.executable, "-m", "napari_scmedal", "train", *common, "--out", f"{tmp}/one.safetensors"],
@@ -82,8 +83,10 @@ def main() -> int:
         for k, a in res["one_process"]["networks"].items():
             b = res["two_processes"]["networks"][k]
             rel = abs(b["val_total"][-1] - a["val_total"][-1]) / abs(a["val_total"][-1])
+            rel_r = abs(b["val_recon"][-1] - a["val_recon"][-1]) / abs(a["val_recon"][-1])
             cmp[k] = {"val_one": a["val_total"][-1], "val_two": b["val_total"][-1], "rel_diff": rel,
-                      "within_tolerance": rel <= TOLERANCE,
+                      "recon_one": a["val_recon"][-1], "recon_two": b["val_recon"][-1], "rel_diff_recon": rel_r,
+                      "within_tolerance": rel_r <= TOLERANCE and rel <= TOLERANCE_TOTAL,
                       "speedup_cells_per_s": b["cells_per_s"] / a["cells_per_s"]}
         res["comparison"] = cmp
         res["speedup_wall"] = res["one_process"]["wall_s"] / res["two_processes"]["wall_s"]
@@ -98,16 +101,18 @@ def main() -> int:
 def _markdown(res) -> str:
     lines = [f"# DDP on CPU: 2 gloo processes vs 1 process ({res['date']}, {res['cpus']} CPUs, 1 thread each)", "",
              f"{res['cells']} cells x {res['genes']} genes (synthetic, out of core), {res['epochs']} epochs per "
-             f"network, global minibatch {res['global_batch_size']}; tolerance on the final validation loss: "
-             f"{100 * res['tolerance_rel']:.0f}% relative.", ""]
+             f"network, global minibatch {res['global_batch_size']}; tolerance on the final validation losses: "
+             f"{100 * res['tolerance_rel']:.0f}% relative on the reconstruction MSE, "
+             f"{100 * res['tolerance_rel_total']:.0f}% on the total.", ""]
     if "comparison" not in res:
         return "\n".join(lines + ["Run failed: see ddp.json."]) + "\n"
-    lines += ["| network | val loss, 1 process | val loss, 2 processes | rel. diff | cells/s 1 proc | cells/s 2 procs |",
-              "|---|---|---|---|---|---|"]
+    lines += ["| network | val recon MSE 1 proc / 2 procs (diff) | val total 1 proc / 2 procs (diff) | within | "
+              "cells/s 1 proc | cells/s 2 procs |", "|---|---|---|---|---|---|"]
     for k, c in res["comparison"].items():
         a, b = res["one_process"]["networks"][k], res["two_processes"]["networks"][k]
-        lines.append(f"| {k.upper()} | {c['val_one']:.3f} | {c['val_two']:.3f} | {100 * c['rel_diff']:.1f}% | "
-                     f"{a['cells_per_s']} | {b['cells_per_s']} |")
+        lines.append(f"| {k.upper()} | {c['recon_one']:.5f} / {c['recon_two']:.5f} ({100 * c['rel_diff_recon']:.1f}%) | "
+                     f"{c['val_one']:.3f} / {c['val_two']:.3f} ({100 * c['rel_diff']:.1f}%) | "
+                     f"{'yes' if c['within_tolerance'] else 'NO'} | {a['cells_per_s']} | {b['cells_per_s']} |")
     lines += ["", f"Wall time (process start to model written): 1 process {res['one_process']['wall_s']} s, "
                   f"2 processes {res['two_processes']['wall_s']} s (x{res['speedup_wall']:.2f}).", ""]
     return "\n".join(lines) + "\n"
