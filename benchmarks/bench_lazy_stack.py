@@ -322,10 +322,9 @@ def markdown(r: dict) -> str:
         lines.append(f"failed: {f.get('error')}")
         return "\n".join(lines) + "\n"
     lines.append(f"RSS after imports {f['rss_after_imports_gb']} GB, after loading the model {f['rss_after_load_gb']} "
-                 f"GB; **peak RSS of the whole process {f['peak_rss_gb']} GB** (napari viewer included). With the "
-                 f"file given by path, every model call re-aligns the file's metadata to the recipe inside "
-                 f"``model.get_version`` ({f.get('recipe_align_ms')} ms for these cells): that is most of the "
-                 "difference to section 1 per chunk.")
+                 f"GB; **peak RSS of the whole process {f['peak_rss_gb']} GB** (napari viewer included). Matching "
+                 f"the file's metadata to the recipe takes {f.get('recipe_align_ms')} ms for these cells; the model "
+                 "keeps that match per data object, so it is paid once, not per chunk.")
     lines.append("")
     lines += _table(f["versions"], r["chunk_cells"])
     nap = f.get("napari", {})

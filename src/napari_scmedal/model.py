@@ -910,7 +910,5 @@ class _InMemoryLazy:
     def block(self, start: int, stop: int):
         return self.recipe.transform(self.adata[int(start):int(stop)])
 
-    rows = block
-
     def subset(self, idx):
         return self.recipe.transform(self.adata[np.asarray(idx)])

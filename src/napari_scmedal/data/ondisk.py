@@ -274,9 +274,6 @@ class OnDiskTraining:
         return LazyPrepared(self.recipe, self.source, self.cells, self.batch, self.label, self.obs_names,
                             self.gene_idx, self.norm_idx, self.chunk_cells)
 
-    def rows(self, positions) -> Prepared:
-        """Model-ready rows for ``positions`` (into ``cells``), read from the file."""
-        return self.lazy().subset(positions)
 
 
 def stream_prepare(source, batch_key: str, label_key: str | None = None, n_genes: int = 2916,
@@ -526,10 +523,6 @@ class LazyPrepared:
         out = self._make(raw, pos)
         self._cache = ((start, stop), out)
         return out
-
-    def rows(self, start: int, stop: int) -> Prepared:
-        """Alias of :meth:`block`."""
-        return self.block(start, stop)
 
     def subset(self, idx) -> Prepared:
         """Rows at positions ``idx`` (integers or boolean mask) as a :class:`Prepared`."""

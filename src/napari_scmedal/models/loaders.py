@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-__all__ = ["InMemorySource", "StreamingSource", "fits_on_device"]
+__all__ = ["InMemorySource", "StreamingSource", "fits_on_device", "expected_bytes"]
 
 
 def fits_on_device(nbytes: int, device: torch.device, fraction: float = 0.5) -> bool:
@@ -185,15 +185,7 @@ class StreamingSource:
             for i in range(0, t.n, size):
                 yield t.slice(i, min(i + size, t.n))
 
-    def steps_per_epoch(self, batch_size: int, comm) -> int:
-        return _even_steps([sum(self.blocks[k].size for k in grp)
-                            for grp in self._groups(range(comm.rank, len(self.blocks), comm.world))], batch_size)
-
 
 def expected_bytes(n_rows: int, n_genes: int, n_batches: int) -> int:
     """Bytes of one split held as float32 tensors (X + one-hot) plus int64 codes."""
     return int(n_rows) * (4 * (int(n_genes) + int(n_batches)) + 16)
-
-
-def ceil_div(a: int, b: int) -> int:
-    return int(math.ceil(a / b))
