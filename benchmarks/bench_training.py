@@ -34,7 +34,7 @@ def bench_scmedal(threads: int, seed: int = 0) -> dict:
     t0 = time.perf_counter()
     model.train()
     wall = time.perf_counter() - t0
-    res = {"threads": threads, "n_train": n_train, "wall_fe_re_s": wall, "models": {}}
+    res = {"threads": threads, "seed": seed, "n_train": n_train, "wall_fe_re_s": wall, "models": {}}
     for k, h in model.history.items():
         ep = len(h["epochs"])
         res["models"][k] = {"epochs": ep, "best_epoch": h["best_epoch"], "time_s": h["elapsed_s"],
@@ -87,10 +87,11 @@ def render(result: dict) -> str:
     for r in result["scmedal"]:
         for k, v in r["models"].items():
             sc = r["test_scores"][k]
-            lines.append(f"| scMEDAL {k.upper()} (quick) | {r['threads']} | {v['epochs']} ({v['best_epoch']}) | "
+            lines.append(f"| scMEDAL {k.upper()} (quick, seed {r.get('seed', 0)}) | {r['threads']} | "
+                         f"{v['epochs']} ({v['best_epoch']}) | "
                          f"{v['time_s']:.1f} | {v['cells_epochs_per_s']:.0f} | {sc['batch']['asw']:.3f} | "
                          f"{sc['label']['asw']:.3f} |")
-        lines.append(f"| scMEDAL FE + RE total | {r['threads']} | | {r['wall_fe_re_s']:.1f} | | | |")
+        lines.append(f"| scMEDAL FE + RE total (seed {r.get('seed', 0)}) | {r['threads']} | | {r['wall_fe_re_s']:.1f} | | | |")
     for r in result.get("scvi", []):
         if "error" in r:
             lines.append(f"| scVI | | | | {r['error']} | | |")
@@ -107,6 +108,8 @@ def render(result: dict) -> str:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0],
+                    help="seeds trained with the first thread count (the others run seed 0)")
     ap.add_argument("--no-scvi", action="store_true")
     ap.add_argument("--scvi-from", help="reuse the scvi entry of an earlier training.json (with --no-scvi)")
     ap.add_argument("--render-only", action="store_true", help="rewrite training.md from training.json")
@@ -126,9 +129,10 @@ def main():
     def dump():  # written after every run so a killed benchmark keeps what it measured
         (OUT / "training.json").write_text(json.dumps(result, indent=2))
 
-    for t in args.threads:
-        result["scmedal"].append(bench_scmedal(t))
-        dump()
+    for i, t in enumerate(args.threads):
+        for seed in (args.seeds if i == 0 else [0]):
+            result["scmedal"].append(bench_scmedal(t, seed))
+            dump()
     if not args.no_scvi:
         result["scvi"] = [bench_scvi(t) for t in args.threads[:1]]
         dump()

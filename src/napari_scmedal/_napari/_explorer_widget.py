@@ -427,25 +427,34 @@ class GenomapExplorer(QWidget):
             self.last_seconds = time.perf_counter() - t0
             self.status_label.setText(self.status_label.text() + f" Updated in {self.last_seconds:.2f} s.")
 
-        worker = create_worker(_work, _start_thread=False, _ignore_errors=True)
-        self.workers.append(worker)
+        def _then():
+            if self._pending:
+                self._pending = False
+                self.compute()
+
+        return self._launch(_work, _show, self.workers, self.compute_btn, _then)
+
+    def _launch(self, work, on_result, pool: list, button, then=None):
+        """Run ``work`` in a thread_worker: ``on_result`` gets its result, errors become a notification and
+        the status line, ``button`` is disabled meanwhile, ``then()`` runs when it has finished."""
+        worker = create_worker(work, _start_thread=False, _ignore_errors=True)
+        pool.append(worker)
 
         def _err(exc):
             self.status_label.setText(f"Failed: {exc}")
             notify_error(exc, self, shown=True)
 
         def _finish():
-            if worker in self.workers:
-                self.workers.remove(worker)
-            self.compute_btn.setEnabled(True)
-            if self._pending:
-                self._pending = False
-                self.compute()
+            if worker in pool:
+                pool.remove(worker)
+            button.setEnabled(True)
+            if then is not None:
+                then()
 
-        worker.returned.connect(_show)
+        worker.returned.connect(on_result)
         worker.errored.connect(_err)
         worker.finished.connect(_finish)
-        self.compute_btn.setEnabled(False)
+        button.setEnabled(False)
         worker.start()
         return worker
 
@@ -492,28 +501,11 @@ class GenomapExplorer(QWidget):
             limits = stack_limits(stack, n_chunks=3)
             return stack, limits, stack_source(stack).layout
 
-        worker = create_worker(_work, _start_thread=False, _ignore_errors=True)
-        self.stack_workers.append(worker)
-
         def _show(result):
             stack, limits, layout = result
             self.show_stack(stack, label, version, limits, layout, adata)
 
-        def _err(exc):
-            self.status_label.setText(f"Failed: {exc}")
-            notify_error(exc, self, shown=True)
-
-        def _finish():
-            if worker in self.stack_workers:
-                self.stack_workers.remove(worker)
-            self.stack_btn.setEnabled(True)
-
-        worker.returned.connect(_show)
-        worker.errored.connect(_err)
-        worker.finished.connect(_finish)
-        self.stack_btn.setEnabled(False)
-        worker.start()
-        return worker
+        return self._launch(_work, _show, self.stack_workers, self.stack_btn)
 
     def show_stack(self, stack, label, version, limits, layout, adata=None):
         """Add (or update) the image layer of an all-cells stack: ``stack`` is ``(n_cells, R, C)``."""
