@@ -385,13 +385,19 @@ class GenomapExplorer(QWidget):
                 and len(layer.selected_data)):
             self._timer.start()
 
-    def compute(self):
-        """Compute the comparison for the current choices in a worker; replaces this widget's layers."""
-        model = self.model()
-        layer = self.cells_layer()
+    def _model_and_layer(self):
+        """The model and its cells layer, or ``(None, None)`` after telling the user how to get a model."""
+        model, layer = self.model(), self.cells_layer()
         if model is None or layer is None:
             notify_error(ValueError("No model: train or load one in the scMEDAL model widget first "
                                     "(Plugins > scMEDAL > scMEDAL model)."), self)
+            return None, None
+        return model, layer
+
+    def compute(self):
+        """Compute the comparison for the current choices in a worker; replaces this widget's layers."""
+        model, layer = self._model_and_layer()
+        if model is None:
             return None
         if self.busy:
             self._pending = True
@@ -475,11 +481,8 @@ class GenomapExplorer(QWidget):
     def add_all_cells_stack(self):
         """Build the lazy stack of the chosen version for every cell of the cells layer in a worker
         (the layout, and contrast limits from a few chunks), then add it as one image layer."""
-        model = self.model()
-        layer = self.cells_layer()
-        if model is None or layer is None:
-            notify_error(ValueError("No model: train or load one in the scMEDAL model widget first "
-                                    "(Plugins > scMEDAL > scMEDAL model)."), self)
+        model, layer = self._model_and_layer()
+        if model is None:
             return None
         if self.stack_busy:
             return None
