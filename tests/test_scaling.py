@@ -343,3 +343,32 @@ def test_embed_backed_writes_latents_into_a_copy_of_the_file(syn_file, tmp_path)
     assert (res.X != a.X).nnz == 0 and list(res.obs_names) == list(a.obs_names)  # the rest is the input's
     assert main(["embed", str(model_path), str(p), "--backed", "--reconstructions", "--out",
                  str(tmp_path / "r.h5ad"), "-q"]) == 1
+
+
+def test_genomap_and_evaluate_backed_match_in_memory(syn_file, tmp_path):
+    import json
+
+    a, p = syn_file
+    model_path = tmp_path / "m.safetensors"
+    m = ScMEDAL(p, chunk_cells=128, **TINY).train(max_epochs=2)
+    from napari_scmedal.compare import ensure_layout
+
+    ensure_layout(m, seed=0)
+    m.save(model_path)
+    before = _sha(p)
+    outs = {}
+    for mode in ("memory", "backed"):
+        extra = ["--backed"] if mode == "backed" else []
+        out = tmp_path / f"gm_{mode}"
+        assert main(["genomap", str(model_path), str(p), "--group", "cell_type=type1", "--batches", "batch0",
+                     "batch2", "--out", str(out), "-q", *extra]) == 0
+        ev = tmp_path / f"ev_{mode}"
+        assert main(["evaluate", str(model_path), str(p), "--target", "cell_type", "--out", str(ev), "-q",
+                     *extra]) == 0
+        outs[mode] = (json.loads((out / "genomaps.json").read_text()),
+                      json.loads((ev / "metrics.json").read_text()))
+    (g_mem, e_mem), (g_bk, e_bk) = outs["memory"], outs["backed"]
+    np.testing.assert_allclose(g_bk["expression_limits"], g_mem["expression_limits"], rtol=1e-5)
+    for kind in ("fe", "re"):
+        assert e_bk["latents"][kind]["batch"]["asw"] == pytest.approx(e_mem["latents"][kind]["batch"]["asw"], abs=1e-4)
+    assert _sha(p) == before

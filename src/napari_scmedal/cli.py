@@ -193,11 +193,23 @@ def _device_kw(fn, args) -> dict:
     return kw
 
 
-def _read_data(path, layer=None):
+def _read_data(path, layer=None, backed: bool = False):
+    """The data file in memory, or opened backed (read-only; the matrix stays on disk and is read in
+    blocks by the model) with ``backed=True``."""
     from .data import read_h5ad
 
     p = _existing_file(path, "data file")
-    return read_h5ad(p, layer=layer), p
+    if not backed:
+        return read_h5ad(p, layer=layer), p
+    if layer is not None:
+        raise UsageError("--layer cannot be combined with --backed: the model reads the layer it was trained on.")
+    import anndata as ad
+
+    try:
+        return ad.read_h5ad(p, backed="r"), p
+    except Exception as exc:
+        raise UsageError(f"Could not open {p} backed ({type(exc).__name__}: {exc}); check that it is an .h5ad file "
+                         "written by anndata.") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -426,7 +438,7 @@ def cmd_genomap(args, con: _Console) -> int:
     from .compare import compare_cells, ensure_layout, select_cells, stack_comparisons
 
     model, model_path = _load_model(args.model, args)
-    adata, data_path = _read_data(args.data, layer=args.layer)
+    adata, data_path = _read_data(args.data, layer=args.layer, backed=args.backed)
     out = _check_output_dir(args.out, [data_path, model_path])
     formats = _formats(args.formats)
     if not args.cells and not args.group:
@@ -512,7 +524,7 @@ def cmd_evaluate(args, con: _Console) -> int:
     from .metrics import evaluate_model
 
     model, model_path = _load_model(args.model, args)
-    adata, data_path = _read_data(args.data, layer=args.layer)
+    adata, data_path = _read_data(args.data, layer=args.layer, backed=args.backed)
     out = _check_output_dir(args.out, [data_path, model_path])
     con.say(f"evaluating on the {args.split} split (METHOD.md section 4)")
     table = evaluate_model(model, args.split, subsample=args.subsample, seed=args.seed, target=args.target,
@@ -894,6 +906,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "(comma-separated), on the selected cells")
     gm.add_argument("--alpha", type=float, default=0.05, help="FDR level for --test (default 0.05)")
     gm.add_argument("--layer", default=None)
+    gm.add_argument("--backed", action="store_true",
+                    help="open the data backed (files larger than memory): only the chosen cells are read")
     gm.add_argument("--out", required=True, metavar="DIR", help="output folder")
     gm.set_defaults(func=cmd_genomap)
 
@@ -908,6 +922,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="classify with whole batches held out (the fairer protocol)")
     ev.add_argument("--subsample", type=int, default=10000, help="cells per score (default 10000)")
     ev.add_argument("--layer", default=None)
+    ev.add_argument("--backed", action="store_true",
+                    help="open the data backed (files larger than memory): latents are computed block by block")
     ev.add_argument("--out", required=True, metavar="DIR")
     ev.set_defaults(func=cmd_evaluate)
 
