@@ -16,7 +16,7 @@ import scipy.sparse as sp
 
 from .._utils import json_safe as _json_safe
 from ..errors import DataError, ModelFileError, RecipeMismatchError
-from .validation import LOGNORM_MAX, _first, get_matrix
+from .validation import LOGNORM_MAX, _first, check_unique, get_matrix
 
 RECIPE_FORMAT = "napari-scmedal-recipe"
 RECIPE_VERSION = 1
@@ -221,10 +221,7 @@ class Recipe:
                 f"{_first(self.batches)}) so cells can be matched to the model's batches."
             )
         names = pd.Index(var_names.astype(str))
-        if not names.is_unique:
-            dup = names[names.duplicated()].unique()
-            raise DataError(f"{len(dup)} gene names occur more than once in adata.var_names: {_first(dup)}. "
-                            "Make them unique first with adata.var_names_make_unique().")
+        check_unique(names, "gene", "var_names")
         idx = names.get_indexer(self.genes)
         if np.any(idx < 0):
             missing = [g for g, i in zip(self.genes, idx) if i < 0]

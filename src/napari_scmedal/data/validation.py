@@ -110,6 +110,15 @@ def detect_input_kind(X) -> str:
     return "counts"
 
 
+def check_unique(names, what: str, attr: str) -> None:
+    """Raise DataError naming the repeated ``what`` names (cell or gene) of ``adata.<attr>`` and the fix."""
+    names = pd.Index(names)
+    if not names.is_unique:
+        dup = names[names.duplicated()].unique()
+        raise DataError(f"{len(dup)} {what} names occur more than once in adata.{attr}: {_first(dup)}. "
+                        f"Make them unique first with adata.{attr}_make_unique().")
+
+
 def _check_key(adata, key: str, what: str) -> pd.Series:
     if key is None or key not in adata.obs.columns:
         cols = [str(c) for c in adata.obs.columns]
@@ -188,25 +197,13 @@ def validate_metadata(adata, batch_key: str, label_key: str | None = None, input
             f"The AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes). "
             "Check the file and any subsetting done before; training needs cells and genes."
         )
-    cells = pd.Index(adata.obs_names)
-    if not cells.is_unique:
-        dup = cells[cells.duplicated()].unique()
-        raise DataError(
-            f"{len(dup)} cell names occur more than once in adata.obs_names: {_first(dup)}. "
-            "Make them unique first with adata.obs_names_make_unique()."
-        )
+    check_unique(adata.obs_names, "cell", "obs_names")
     batch = _check_key(adata, batch_key, "batch")
     if label_key is not None:
         _check_key(adata, label_key, "label")
     check_batches(batch, batch_key, min_cells_per_batch)
 
-    names = pd.Index(adata.var_names)
-    if not names.is_unique:
-        dup = names[names.duplicated()].unique()
-        raise DataError(
-            f"{len(dup)} gene names occur more than once in adata.var_names: {_first(dup)}. "
-            "Make them unique first with adata.var_names_make_unique()."
-        )
+    check_unique(adata.var_names, "gene", "var_names")
     if n_genes is not None and n_genes > adata.n_vars:
         raise DataError(
             f"Requested n_genes={n_genes} highly variable genes but the data has only {adata.n_vars} genes. "
@@ -262,5 +259,5 @@ def check_value_summary(s: dict, where: str, input_kind: str = "auto") -> str:
 
 
 __all__ = ["detect_input_kind", "validate_adata", "validate_metadata", "check_value_summary", "merge_summaries",
-           "get_matrix", "iter_values", "check_batches",
+           "get_matrix", "iter_values", "check_batches", "check_unique",
            "INPUT_KINDS", "LOGNORM_MAX"]
