@@ -372,3 +372,48 @@ def test_genomap_and_evaluate_backed_match_in_memory(syn_file, tmp_path):
     for kind in ("fe", "re"):
         assert e_bk["latents"][kind]["batch"]["asw"] == pytest.approx(e_mem["latents"][kind]["batch"]["asw"], abs=1e-4)
     assert _sha(p) == before
+
+
+def test_backed_views_edited_obs_and_rewritten_files(syn_file, tmp_path):
+    """A backed view trains on its own cells only and infers in its own order; a batch column added to a backed
+    AnnData in memory serves evaluation too; a file rewritten between row-range calls is read anew."""
+    from napari_scmedal.metrics import evaluate_model
+
+    a, p = syn_file
+    backed = ad.read_h5ad(p, backed="r")
+    view = backed[:300]
+    m = ScMEDAL(view, chunk_cells=128, **TINY)
+    assert m.n_cells() == 300 and set(m.splits["train"]) <= set(a.obs_names[:300])
+    mem = ScMEDAL(view, backed=False, **TINY)
+    assert mem.n_cells() == 300 and not mem.backed
+    m.train(max_epochs=1)
+    perm = backed[[7, 3, 5, 4]]  # not in file order
+    np.testing.assert_allclose(m.get_latent_representation("fe", adata=perm),
+                               m.get_latent_representation("fe", adata=a[[7, 3, 5, 4]]), atol=1e-5)
+    np.testing.assert_array_equal(m.get_version("original", adata=perm, rows=(0, 4)),
+                                  m.get_version("original", adata=a[[7, 3, 5, 4]], rows=(0, 4)))
+    edited = ad.read_h5ad(p, backed="r")
+    edited.obs["donor"] = edited.obs["batch"].astype(str)  # only in memory, not in the file
+    e = ScMEDAL(edited, **dict(TINY, batch_key="donor")).train(max_epochs=1)
+    assert evaluate_model(e, "test")["n_cells"] == len(e.splits["test"])
+    # a file replaced between row-range calls is not served from the old view
+    q = tmp_path / "q.h5ad"
+    a.write_h5ad(q)
+    first = m.get_version("original", adata=str(q), rows=(0, 5))
+    b = a.copy()
+    b.X = b.X[::-1].copy()  # other cells' counts in the same rows
+    b.write_h5ad(tmp_path / "q2.h5ad")
+    os.replace(tmp_path / "q2.h5ad", q)
+    again = m.get_version("original", adata=str(q), rows=(0, 5))
+    np.testing.assert_array_equal(again, m.get_version("original", adata=b, rows=(0, 5)))
+    assert not np.array_equal(first, again)
+    backed.file.close()
+    edited.file.close()
+
+
+def test_fe_without_a_class_loss_leaves_the_class_head_out_of_the_synchronised_module():
+    from napari_scmedal.models import FE, FETask
+
+    net = FE(50, 3, n_labels=3, hidden=(16, 8), latent=4)
+    assert FETask(net, 1e-3, w_class=0.0)._ae.class_head is None  # no gradient: DDP would wait for it
+    assert FETask(net, 1e-3, w_class=1.0)._ae.class_head is net.class_head

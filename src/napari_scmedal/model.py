@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from ._utils import new_file_mode
@@ -115,10 +116,11 @@ class ScMEDAL:
         if backed and not on_disk:
             raise DataError("backed=True trains out of core from a file: pass the path of the .h5ad file (or "
                             "anndata.read_h5ad(path, backed='r')) instead of an in-memory AnnData.")
-        if on_disk and backed is False:  # a path, but the user wants it in memory
+        if on_disk and backed is False:  # on disk, but the user wants it in memory
             from .data import read_h5ad
 
-            adata = read_h5ad(getattr(adata, "filename", None) or getattr(adata, "path", None) or adata, layer=None)
+            adata = adata.to_memory() if getattr(adata, "isbacked", False) else read_h5ad(
+                getattr(adata, "path", None) or adata)
             on_disk = False
         if on_disk:
             comm = self._comm()
@@ -135,6 +137,8 @@ class ScMEDAL:
         plan = self._plan if on_disk else None
         self._init_common(recipe, config, preset, seed, device, threads)
         self._plan = plan
+        # a backed AnnData given by the user (its obs may hold columns the file lacks) serves _training_adata
+        self._ondisk_input = adata if on_disk and getattr(adata, "isbacked", False) else None
         if not on_disk:
             self._adata = td.adata
             self._prepared = td.prepared
@@ -186,6 +190,7 @@ class ScMEDAL:
         self._prepared = None
         self._plan = None
         self._backed_adata = None
+        self._ondisk_input = None
         self.splits: dict[str, list[str]] = {}
         self._split_idx: dict[str, np.ndarray] = {}
         self._cf_anchors: dict[str, np.ndarray] | None = None
@@ -346,15 +351,20 @@ class ScMEDAL:
     def _training_adata(self, adata=None):
         if adata is not None:
             return adata
-        if self._plan is not None:  # trained out of core: the file, opened backed (read-only), filtered cells
+        if self._plan is not None:  # trained out of core: the backed data (read-only), its kept cells
             if self._backed_adata is None:
-                import anndata as ad
-
-                full = ad.read_h5ad(self._plan.source.path, backed="r")
                 if self.recipe.layer is not None:
                     raise DataError("this model was trained out of core from a layer; pass adata= (e.g. "
                                     "napari_scmedal.data.read_h5ad(path, layer=...)) to use it here.")
-                self._backed_adata = full[self._plan.cells] if self._plan.cells.size != full.n_obs else full
+                base = getattr(self, "_ondisk_input", None)
+                if base is None:
+                    import anndata as ad
+
+                    base = ad.read_h5ad(self._plan.source.path, backed="r")
+                names = self._plan.obs_names
+                if base.n_obs != len(names) or not pd.Index(base.obs_names.astype(str)).equals(names):
+                    base = base[np.asarray(names)]
+                self._backed_adata = base
             return self._backed_adata
         if self._adata is None:
             raise DataError("this model was loaded from a file and does not carry its training data; pass "
@@ -375,18 +385,22 @@ class ScMEDAL:
                                 "adata= (an AnnData with the model's genes and batch column, e.g. the data it "
                                 "was trained on).")
             return self._prepared
-        if not (lazy or is_on_disk(adata)):
-            return self.recipe.transform(adata)
-        # lazy views are reused for the same data object (and same shape): repeated row-range calls, as a
-        # genomap stack makes, then skip re-matching the whole data set's metadata to the recipe
-        key = (str(adata) if isinstance(adata, (str, os.PathLike)) else id(adata),
-               getattr(adata, "shape", None))
+        if not lazy:  # one-shot use: nothing is kept (an on-disk source closes when dropped)
+            return LazyPrepared.from_source(self.recipe, adata) if is_on_disk(adata) else self.recipe.transform(adata)
+        # row-range calls (genomap stacks) reuse the view of the same data: the whole data set's metadata is
+        # matched to the recipe once. A path is keyed by the file's identity and modification time (a
+        # rewritten file gets a new view), an object by its id and shape.
+        if isinstance(adata, (str, os.PathLike)):
+            st = os.stat(adata)
+            key = (os.path.realpath(adata), st.st_ino, st.st_mtime_ns, st.st_size)
+        else:
+            key = (id(adata), getattr(adata, "shape", None))
         cache = self.__dict__.setdefault("_lazy_views", {})
         hit = cache.get(key)
         if hit is not None and (hit[0] is adata or isinstance(adata, (str, os.PathLike))):
             return hit[1]
         view = LazyPrepared.from_source(self.recipe, adata) if is_on_disk(adata) else _InMemoryLazy(self.recipe, adata)
-        if len(cache) >= 4:
+        if len(cache) >= 4:  # the oldest view is dropped (its file closes once no stack uses it)
             cache.pop(next(iter(cache)))
         cache[key] = (adata, view)
         return view

@@ -74,7 +74,9 @@ def read_backed(path, seed: int = 0, max_fit: int = 5000, n_top: int = 2000):
     from napari_scmedal.data.ondisk import DEFAULT_CHUNK_CELLS, H5adSource
     from napari_scmedal.errors import DataError
 
-    from ._layers import _log_normalised
+    import scanpy as sc
+
+    from napari_scmedal.data import detect_input_kind
 
     try:
         adata = ad.read_h5ad(path, backed="r")
@@ -91,16 +93,23 @@ def read_backed(path, seed: int = 0, max_fit: int = 5000, n_top: int = 2000):
     rows = np.arange(n) if n <= max_fit else np.sort(np.random.default_rng(seed).choice(n, max_fit, replace=False))
     sample = ad.AnnData(X=src.read_rows(rows))
     sample.X = sample.X.astype(np.float32)
-    logged = _log_normalised(sample)
-    Xs = logged.X.toarray() if hasattr(logged.X, "toarray") else np.asarray(logged.X)
+    counts = detect_input_kind(sample.X) == "counts"  # decided once, from the sample, for every block
+
+    def logged(x):
+        if not counts:
+            return x.toarray() if hasattr(x, "toarray") else np.asarray(x)
+        tmp = ad.AnnData(X=x)
+        sc.pp.normalize_total(tmp, target_sum=1e4)
+        sc.pp.log1p(tmp)
+        return tmp.X.toarray() if hasattr(tmp.X, "toarray") else np.asarray(tmp.X)
+
+    Xs = logged(sample.X)
     keep = np.sort(np.argsort(Xs.var(axis=0))[::-1][:n_top])
     pca = PCA(n_components=min(2, len(keep), len(rows)), random_state=seed)
     pca.fit(Xs[:, keep])
     coords = np.empty((n, 2), np.float32)
     for a in range(0, n, DEFAULT_CHUNK_CELLS):
-        blk = ad.AnnData(X=src.read(a, min(a + DEFAULT_CHUNK_CELLS, n)).astype(np.float32))
-        blk = _log_normalised(blk)  # the same counts-vs-log rule as the sample's
-        Xb = blk.X.toarray() if hasattr(blk.X, "toarray") else np.asarray(blk.X)
+        Xb = logged(src.read(a, min(a + DEFAULT_CHUNK_CELLS, n)).astype(np.float32))
         Y = pca.transform(Xb[:, keep]).astype(np.float32)
         coords[a:a + Y.shape[0], :Y.shape[1]] = Y
         if Y.shape[1] < 2:

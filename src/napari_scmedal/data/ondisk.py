@@ -210,6 +210,24 @@ def open_source(data, layer: str | None = None) -> H5adSource:
     return H5adSource(data, layer)
 
 
+def view_rows(data, src: H5adSource) -> tuple[np.ndarray, pd.DataFrame]:
+    """``(file rows, obs)`` of the cells ``data`` stands for: every row of ``src`` (with its obs), or for a
+    backed AnnData view its own cells (sorted into file order, with the view's obs in that order)."""
+    if not getattr(data, "is_view", False):
+        return np.arange(src.n_obs, dtype=np.int64), src.obs
+    from .validation import check_unique
+
+    check_unique(src.obs_names, "cell", "obs_names")
+    names = pd.Index(data.obs.index.astype(str))
+    check_unique(names, "cell", "obs_names")
+    rows = src.obs_names.get_indexer(names)
+    if np.any(rows < 0):
+        raise DataError("some cells of this backed AnnData view are not rows of its file; pass the file's path or "
+                        "a view made by indexing the backed AnnData.")
+    order = np.argsort(rows, kind="stable")
+    return rows[order].astype(np.int64), data.obs.iloc[order]
+
+
 def _blocks(n: int, chunk: int) -> list[tuple[int, int]]:
     return [(a, min(a + chunk, n)) for a in range(0, n, chunk)]
 
@@ -297,10 +315,14 @@ def stream_prepare(source, batch_key: str, label_key: str | None = None, n_genes
         raise DataError(f"n_genes={n_genes} must be a positive number of genes (default 2916 = 54 x 54).")
     if chunk_cells < 1:
         raise DataError(f"chunk_cells={chunk_cells} must be at least 1 (default {DEFAULT_CHUNK_CELLS}).")
-    shell = ad.AnnData(obs=src.obs, var=pd.DataFrame(index=src.var_names))
+    # the cells to use: every row of the file, or the rows of a backed AnnData view (in file order)
+    obs_rows, obs = view_rows(source, src)
+    shell = ad.AnnData(obs=obs, var=pd.DataFrame(index=src.var_names))
     validate_metadata(shell, batch_key, label_key=label_key, input_kind=input_kind, n_genes=n_genes,
                       min_cells_per_batch=min_cells_per_batch)
     n, m = src.n_obs, src.n_vars
+    selected = np.zeros(n, dtype=bool)
+    selected[obs_rows] = True
     blocks = _blocks(n, chunk_cells)
     mine = blocks[comm.rank::comm.world]
     t0 = time.perf_counter()
@@ -310,19 +332,25 @@ def stream_prepare(source, batch_key: str, label_key: str | None = None, n_genes
     gene_cells = np.zeros(m, dtype=np.int64)
     summ = {"nan": 0, "inf": 0, "negative": 0, "non_integer": 0, "min": np.inf, "max": -np.inf}
     for k, (a, b) in enumerate(mine):
+        here = np.flatnonzero(selected[a:b])
+        if here.size == 0:
+            continue
         blk = src.read(a, b)
+        if here.size < b - a:
+            blk = blk[here]
         summ = merge_summaries(summ, _summary(blk))
         if sp.issparse(blk):
-            row = np.repeat(np.arange(b - a), np.diff(blk.indptr))
+            blk = sp.csr_matrix(blk)
+            row = np.repeat(np.arange(here.size), np.diff(blk.indptr))
             nz = blk.data != 0
-            det = np.bincount(row[nz], minlength=b - a)
+            det = np.bincount(row[nz], minlength=here.size)
             keep = det >= MIN_GENES_PER_CELL
             gene_cells += np.bincount(blk.indices[nz & keep[row]], minlength=m)
         else:
             nzm = np.asarray(blk) != 0
             det = nzm.sum(1)
             gene_cells += nzm[det >= MIN_GENES_PER_CELL].sum(0)
-        detected[a:b] = det
+        detected[a + here] = det
         if progress is not None:
             progress({"pass": 1, "done": k + 1, "total": len(mine)})
     detected = comm.sum(detected)
@@ -335,13 +363,14 @@ def stream_prepare(source, batch_key: str, label_key: str | None = None, n_genes
     kind = check_value_summary(summ, src.where, input_kind)
     t1 = time.perf_counter()
 
-    cell_keep = detected >= MIN_GENES_PER_CELL
+    cell_keep = (detected >= MIN_GENES_PER_CELL) & selected
     gene_keep = gene_cells >= MIN_CELLS_PER_GENE
     cells = np.flatnonzero(cell_keep).astype(np.int64)
-    obs = src.obs
-    batch_values = obs[batch_key].iloc[cells].astype(str)
-    check_filtered(n, int(cells.size), int(gene_keep.sum()), n_genes, batch_values, batch_key, min_cells_per_batch)
-    label_values = None if label_key is None else obs[label_key].iloc[cells].astype(str)
+    at = np.searchsorted(obs_rows, cells)  # the kept cells' rows of ``obs``
+    batch_values = obs[batch_key].iloc[at].astype(str)
+    check_filtered(int(obs_rows.size), int(cells.size), int(gene_keep.sum()), n_genes, batch_values, batch_key,
+                   min_cells_per_batch)
+    label_values = None if label_key is None else obs[label_key].iloc[at].astype(str)
     splits = stratified_split(batch_values.to_numpy(), None if label_values is None else label_values.to_numpy(),
                               fractions=split_fractions, seed=split_seed)
     is_train = np.zeros(n, dtype=bool)
@@ -404,11 +433,12 @@ def stream_prepare(source, batch_key: str, label_key: str | None = None, n_genes
     recipe, batch, label = finish_recipe(genes, n_genes, batch_values, label_values, batch_key, label_key, kind,
                                          layer, scale_min, scale_max, normalization_genes)
     t2 = time.perf_counter()
-    info = {"cells_in_file": n, "genes_in_file": m, "cells_removed": int(n - n_cells),
+    info = {"cells_in_file": n, "genes_in_file": m, "cells_used": int(obs_rows.size),
+            "cells_removed": int(obs_rows.size - n_cells),
             "genes_removed": int(m - gene_keep.sum()), "pass1_s": t1 - t0, "pass2_s": t2 - t1,
             "chunk_cells": chunk_cells, "ranks": comm.world}
     return OnDiskTraining(source=src, recipe=recipe, cells=cells, splits=splits, batch=batch, label=label,
-                          obs_names=pd.Index(src.obs_names[cells]), gene_idx=hv_cols.astype(np.int64),
+                          obs_names=pd.Index(obs.index.astype(str)[at]), gene_idx=hv_cols.astype(np.int64),
                           norm_idx=norm_idx, chunk_cells=chunk_cells, info=info)
 
 
@@ -483,7 +513,10 @@ class LazyPrepared:
         (raises RecipeMismatchError like :meth:`Recipe.transform`)."""
         src = open_source(data, recipe.layer if layer is None else layer)
         obs, rows = src.obs, np.arange(src.n_obs)
-        if getattr(data, "is_view", False):  # a backed AnnData view: its cells are some rows of the file
+        if getattr(data, "is_view", False):  # a backed AnnData view: its cells, in the view's order
+            from .validation import check_unique
+
+            check_unique(src.obs_names, "cell", "obs_names")
             obs = data.obs
             rows = src.obs_names.get_indexer(pd.Index(obs.index.astype(str)))
             if np.any(rows < 0):
@@ -516,7 +549,7 @@ class LazyPrepared:
             return self._cache[1]
         pos = np.arange(start, max(stop, start))
         fr = self.file_rows[pos]
-        if fr.size and fr[-1] - fr[0] + 1 == fr.size:  # contiguous in the file: one read
+        if fr.size and np.all(np.diff(fr) == 1):  # consecutive increasing file rows: one read
             raw = self.source.read(fr[0], fr[-1] + 1)
         else:
             raw = self.source.read_rows(fr, window=max(self.chunk_cells, 1))

@@ -106,6 +106,11 @@ class StreamingSource:
             # only its pieces' rows)
             k = math.ceil(4 * world / max(len(self.blocks), 1))
             self.blocks = [q for p in self.blocks for q in np.array_split(p, k) if q.size]
+        while world > 1 and len(self.blocks) % world and max(b.size for b in self.blocks) > 1:
+            # a count that ranks share evenly: halve the largest block (rows left over per epoch stay small)
+            i = int(np.argmax([b.size for b in self.blocks]))
+            big = self.blocks.pop(i)
+            self.blocks[i:i] = [big[: big.size // 2], big[big.size // 2:]]
         self._n = int(pos.size)
 
     @property

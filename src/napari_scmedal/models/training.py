@@ -162,11 +162,12 @@ class _AEView(nn.Module):
     """The autoencoder part of an FE/FEC/AE network (encoder, tied decoder, class head; no adversary),
     as one module whose forward is what DDP synchronises for the autoencoder optimiser."""
 
-    def __init__(self, net):
+    def __init__(self, net, with_class: bool = True):
         super().__init__()
         self.encoder = net.encoder
         self.decoder = net.decoder
-        self.class_head = net.class_head
+        # a head whose loss is off gets no gradient: leave it out, or DDP waits for its gradients forever
+        self.class_head = net.class_head if with_class else None
 
     def forward(self, x):
         acts = self.encoder(x)
@@ -195,13 +196,13 @@ class FETask(_Step):
         self.opt_ae = torch.optim.Adam(net.autoencoder_parameters(), lr=lr, eps=adam_eps)
         self.use_class = net.class_head is not None and w_class > 0
         self.name = "fec" if self.use_class else "fe"
-        self._ae = _AEView(net)
+        self._ae = _AEView(net, self.use_class)
         self._adv = net.adversary
 
     def distribute(self, comm) -> None:
         """Wrap the autoencoder and the adversary (each with its own optimiser) in DDP."""
         if comm.world > 1:
-            self._ae = self._ddp(_AEView(self.net), comm)
+            self._ae = self._ddp(_AEView(self.net, self.use_class), comm)
             self._adv = self._ddp(self.net.adversary, comm)
 
     def _adv_term(self, ce):
@@ -294,11 +295,11 @@ class AETask(FETask):
         self.opt_ae = torch.optim.Adam(net.parameters(), lr=lr, eps=adam_eps)
         self.use_class = net.class_head is not None and w_class > 0
         self.name = "aec" if self.use_class else "ae"
-        self._ae = _AEView(net)
+        self._ae = _AEView(net, self.use_class)
 
     def distribute(self, comm) -> None:
         if comm.world > 1:
-            self._ae = self._ddp(_AEView(self.net), comm)
+            self._ae = self._ddp(_AEView(self.net, self.use_class), comm)
 
     def train_step(self, b: Tensors) -> torch.Tensor:
         net = self.net
