@@ -545,8 +545,9 @@ class LazyPrepared:
     def block(self, start: int, stop: int) -> Prepared:
         """Rows ``start:stop`` (positions) as a :class:`Prepared`, read from the file."""
         start, stop = int(start), int(min(stop, self.n_obs))
-        if self._cache is not None and self._cache[0] == (start, stop):
-            return self._cache[1]
+        cached = self._cache  # one read: another thread may replace it meanwhile
+        if cached is not None and cached[0] == (start, stop):
+            return cached[1]
         pos = np.arange(start, max(stop, start))
         fr = self.file_rows[pos]
         if fr.size and np.all(np.diff(fr) == 1):  # consecutive increasing file rows: one read
