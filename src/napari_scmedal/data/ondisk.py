@@ -210,9 +210,10 @@ def open_source(data, layer: str | None = None) -> H5adSource:
     return H5adSource(data, layer)
 
 
-def view_rows(data, src: H5adSource) -> tuple[np.ndarray, pd.DataFrame]:
+def view_rows(data, src: H5adSource, sort: bool = True) -> tuple[np.ndarray, pd.DataFrame]:
     """``(file rows, obs)`` of the cells ``data`` stands for: every row of ``src`` (with its obs), or for a
-    backed AnnData view its own cells (sorted into file order, with the view's obs in that order)."""
+    backed AnnData view its own cells with the view's obs (sorted into file order, or in the view's order
+    with ``sort=False``)."""
     if not getattr(data, "is_view", False):
         return np.arange(src.n_obs, dtype=np.int64), src.obs
     from .validation import check_unique
@@ -224,6 +225,8 @@ def view_rows(data, src: H5adSource) -> tuple[np.ndarray, pd.DataFrame]:
     if np.any(rows < 0):
         raise DataError("some cells of this backed AnnData view are not rows of its file; pass the file's path or "
                         "a view made by indexing the backed AnnData.")
+    if not sort:
+        return rows.astype(np.int64), data.obs
     order = np.argsort(rows, kind="stable")
     return rows[order].astype(np.int64), data.obs.iloc[order]
 
@@ -512,16 +515,7 @@ class LazyPrepared:
         """Every cell of an on-disk data set (path, backed AnnData or source), aligned to ``recipe``
         (raises RecipeMismatchError like :meth:`Recipe.transform`)."""
         src = open_source(data, recipe.layer if layer is None else layer)
-        obs, rows = src.obs, np.arange(src.n_obs)
-        if getattr(data, "is_view", False):  # a backed AnnData view: its cells, in the view's order
-            from .validation import check_unique
-
-            check_unique(src.obs_names, "cell", "obs_names")
-            obs = data.obs
-            rows = src.obs_names.get_indexer(pd.Index(obs.index.astype(str)))
-            if np.any(rows < 0):
-                raise DataError("some cells of this backed AnnData view are not rows of its file; pass the file's "
-                                "path or a view made by indexing the backed AnnData.")
+        rows, obs = view_rows(data, src, sort=False)  # a backed view: its cells, in the view's order
         idx, norm_idx, batch, label = recipe.align(obs, src.var_names, require_labels)
         return cls(recipe, src, rows, batch, label, pd.Index(obs.index.astype(str)), idx, norm_idx, chunk_cells)
 

@@ -77,10 +77,7 @@ class InMemorySource:
             yield b if here == self.device else b.to(self.device)
 
     def chunks(self, size: int, comm):
-        n = self.n
-        lo, hi = n * comm.rank // comm.world, n * (comm.rank + 1) // comm.world
-        for i in range(lo, hi, size):
-            t = self.tensors.slice(i, min(i + size, hi))
+        for t in self.tensors.chunks(size, comm):
             yield t if t.X.device == self.device else t.to(self.device)
 
 
@@ -89,9 +86,8 @@ class StreamingSource:
 
     def __init__(self, plan, positions, device: torch.device, buffer_blocks: int = 4, seed: int = 0,
                  prefetch: bool = True, world: int = 1):
-        from ..data.ondisk import OnDiskTraining  # noqa: F401 (type of ``plan``)
-
         self.plan = plan
+        self._rows = plan.lazy()  # reads and transforms rows: the same code as every other on-disk read
         self.device = torch.device(device)
         self.buffer_blocks = max(1, int(buffer_blocks))
         self.seed = int(seed)
@@ -118,29 +114,11 @@ class StreamingSource:
         return self._n
 
     def _load(self, block_ids):
+        """Model-ready tensors of the given blocks' rows (read and transformed like any on-disk rows)."""
         from .training import Tensors
 
-        plan = self.plan
-        xs, bs, ls = [], [], []
-        for k in block_ids:
-            pos = self.blocks[int(k)]
-            rows = plan.cells[pos]
-            raw = plan.source.read(rows[0], rows[-1] + 1)
-            if rows.size != rows[-1] - rows[0] + 1:
-                raw = raw[rows - rows[0]]
-            x_log, n_nonint, vmax = plan.recipe.log_block(raw, plan.gene_idx, plan.norm_idx, plan.source.where)
-            xs.append(plan.recipe.scale(x_log))
-            bs.append(plan.batch[pos])
-            if plan.label is not None:
-                ls.append(plan.label[pos])
-        X = np.concatenate(xs) if len(xs) > 1 else xs[0]
-        b = np.concatenate(bs)
-        onehot = np.zeros((b.size, plan.recipe.n_batches), dtype=np.float32)
-        onehot[np.arange(b.size), b] = 1.0
-        lab = None if plan.label is None else torch.as_tensor(np.concatenate(ls), dtype=torch.int64)
-        t = Tensors(torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)), torch.as_tensor(b, dtype=torch.int64),
-                    torch.from_numpy(onehot), lab)
-        return t if self.device.type == "cpu" else t.to(self.device)
+        pos = np.concatenate([self.blocks[int(k)] for k in block_ids])
+        return Tensors.from_prepared(self._rows.subset(pos), device=self.device)
 
     def _groups(self, ids) -> list[list[int]]:
         ids = list(ids)
