@@ -336,7 +336,7 @@ def ensure_layout(model, adata=None, layout=None, shape=None, seed: int = 0, max
         return existing
     from .genomap import compute_layout
 
-    if adata is None and getattr(model, "n_cells", None) is not None and hasattr(model, "_prepare_rows"):
+    if adata is None and hasattr(model, "n_cells") and hasattr(model, "_prepare"):
         # the model's own cells (in memory or on disk): transform only the sampled ones
         n = model.n_cells()
         rows = np.arange(n)

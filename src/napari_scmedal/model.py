@@ -282,11 +282,6 @@ class ScMEDAL:
                                f"{patience}, {batch_size}).")
         if max_steps_per_epoch is not None and int(max_steps_per_epoch) < 1:
             raise ScMEDALError(f"max_steps_per_epoch must be at least 1 (got {max_steps_per_epoch}).")
-        from .models.training import PRECISIONS
-
-        if precision not in PRECISIONS:
-            raise ScMEDALError(f"precision={precision!r} is not one of {list(PRECISIONS)} ('bf16' is meant for "
-                               f"CUDA GPUs).")
         comm = self._comm()
         self._cf_anchors = None  # the weights change: anchors are recomputed from the trained networks
         tr, va = self._sources(data_on_device, buffer_blocks)

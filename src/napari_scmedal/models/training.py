@@ -413,7 +413,7 @@ def _snapshot(net) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
-def _as_source(data, comm):
+def _as_source(data):
     """Tensors -> InMemorySource; sources pass through; None stays None."""
     from .loaders import InMemorySource
 
@@ -446,12 +446,13 @@ def fit(task, train, val=None, *, max_epochs: int, patience: int, batch_size: in
 
     comm = comm or Comm()
     if precision not in PRECISIONS:
-        raise TrainingError(f"precision={precision!r} is not one of {list(PRECISIONS)}.")
+        raise TrainingError(f"precision={precision!r} is not one of {list(PRECISIONS)} ('bf16' is meant for CUDA "
+                            f"GPUs).")
     net = task.net
     task.precision = precision
     task.distribute(comm)
-    train = _as_source(train, comm)
-    val = _as_source(val, comm)
+    train = _as_source(train)
+    val = _as_source(val)
     local_bs = max(2, int(batch_size) // comm.world)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     torch.manual_seed(int(seed) + 7777 * comm.rank)
