@@ -18,17 +18,64 @@ POINT_SIZE = 4.0
 ADATA_KEY = "adata"
 
 
-def _log_normalised(adata):
-    """Log1p-normalised expression of ``adata`` (copy; counts are normalised, log data kept)."""
+def log_normalised(X, counts: bool | None = None):
+    """Log1p-normalised expression of the rows of ``X`` (a copy): raw counts (``counts=None``: detected
+    by :func:`napari_scmedal.data.detect_input_kind`) are normalised to 10^4 per cell, log data kept."""
+    import anndata as ad
     import scanpy as sc
 
     from napari_scmedal.data import detect_input_kind
 
-    tmp = adata.copy()
-    if detect_input_kind(tmp.X) == "counts":
+    tmp = ad.AnnData(X=X.astype(np.float32))
+    if counts is None:
+        counts = detect_input_kind(tmp.X) == "counts"
+    if counts:
         sc.pp.normalize_total(tmp, target_sum=1e4)
         sc.pp.log1p(tmp)
-    return tmp
+    return tmp.X
+
+
+def most_variable(X, n_top: int = 2000) -> np.ndarray:
+    """Sorted column indices of the ``n_top`` highest-variance columns of ``X`` (dense or sparse)."""
+    from scipy import sparse
+
+    if X.shape[1] <= n_top:
+        return np.arange(X.shape[1])
+    if sparse.issparse(X):
+        Xc = X.tocsc()
+        mean = np.asarray(Xc.mean(axis=0)).ravel()
+        var = np.asarray(Xc.multiply(Xc).mean(axis=0)).ravel() - mean**2
+    else:
+        var = np.asarray(X).var(axis=0)
+    return np.sort(np.argsort(var)[::-1][:n_top])
+
+
+def fit_pca_2d(Xfit, seed=0):
+    """Fit two principal axes on the rows of ``Xfit``; return ``project(X) -> (n, 2) float32`` for any
+    rows with the same columns (dense or sparse; sparse rows are never densified)."""
+    from scipy import sparse
+    from sklearn.decomposition import PCA
+
+    Xfit = Xfit.toarray() if sparse.issparse(Xfit) else np.asarray(Xfit)
+    k = min(2, Xfit.shape[1], Xfit.shape[0])
+    pca = PCA(n_components=k, random_state=seed, svd_solver="full" if Xfit.shape[1] <= 500 else "randomized")
+    pca.fit(Xfit.astype(np.float32))
+    comps = pca.components_.astype(np.float32)  # (k, genes)
+    offset = pca.mean_.astype(np.float32) @ comps.T
+
+    def project(X):
+        proj = X @ comps.T if sparse.issparse(X) else np.asarray(X, dtype=np.float32) @ comps.T
+        Y = np.asarray(proj, dtype=np.float32) - offset
+        if k < 2:
+            Y = np.column_stack([Y, np.zeros((Y.shape[0], 2 - k), np.float32)])
+        return Y.astype(np.float32)
+
+    return project
+
+
+def sample_rows(n: int, max_fit: int, seed: int = 0) -> np.ndarray:
+    """All rows when ``n <= max_fit``, else a seeded sorted sample of ``max_fit`` rows."""
+    return np.arange(n) if n <= max_fit else np.sort(np.random.default_rng(seed).choice(n, max_fit, replace=False))
 
 
 def pca_2d(X, seed=0, max_fit=5000):
@@ -37,24 +84,18 @@ def pca_2d(X, seed=0, max_fit=5000):
     The axes are fitted on at most ``max_fit`` rows (seeded subsample) and every row is projected,
     so large data never needs a dense copy and opens quickly.
     """
-    from scipy import sparse
-    from sklearn.decomposition import PCA
-
     n = X.shape[0]
     if n < 2 or X.shape[1] < 1:
         return np.zeros((n, 2), np.float32)
-    fit_rows = np.arange(n) if n <= max_fit else np.sort(np.random.default_rng(seed).choice(n, max_fit, replace=False))
-    Xfit = X[fit_rows]
-    Xfit = Xfit.toarray() if sparse.issparse(Xfit) else np.asarray(Xfit)
-    k = min(2, Xfit.shape[1], Xfit.shape[0])
-    pca = PCA(n_components=k, random_state=seed, svd_solver="full" if Xfit.shape[1] <= 500 else "randomized")
-    pca.fit(Xfit.astype(np.float32))
-    comps = pca.components_.astype(np.float32)  # (k, genes)
-    proj = X @ comps.T if sparse.issparse(X) else np.asarray(X, dtype=np.float32) @ comps.T
-    Y = np.asarray(proj, dtype=np.float32) - (pca.mean_.astype(np.float32) @ comps.T)
-    if k < 2:
-        Y = np.column_stack([Y, np.zeros((n, 2 - k), np.float32)])
-    return Y.astype(np.float32)
+    return fit_pca_2d(X[sample_rows(n, max_fit, seed)], seed)(X)
+
+
+def file_embedding(adata):
+    """``(coords (n, 2) float32, key)`` from ``obsm["X_umap"]`` or ``obsm["X_pca"]``, or None."""
+    for key in ("X_umap", "X_pca"):
+        if key in adata.obsm and np.asarray(adata.obsm[key]).shape[1] >= 2:
+            return np.asarray(adata.obsm[key])[:, :2].astype(np.float32), key
+    return None
 
 
 def embedding_2d(adata):
@@ -63,23 +104,11 @@ def embedding_2d(adata):
     ``source`` is "X_umap" or "X_pca" when the file provides one, else "PCA of log-normalised
     genes" (computed on the 2,000 most variable genes; counts are normalised first).
     """
-    for key in ("X_umap", "X_pca"):
-        if key in adata.obsm and np.asarray(adata.obsm[key]).shape[1] >= 2:
-            return np.asarray(adata.obsm[key])[:, :2].astype(np.float32), key
-    tmp = _log_normalised(adata)
-    X = tmp.X
-    if X.shape[1] > 2000:
-        from scipy import sparse
-
-        if sparse.issparse(X):
-            Xc = X.tocsc()
-            mean = np.asarray(Xc.mean(axis=0)).ravel()
-            var = np.asarray(Xc.multiply(Xc).mean(axis=0)).ravel() - mean**2
-        else:
-            var = np.asarray(X).var(axis=0)
-        keep = np.sort(np.argsort(var)[::-1][:2000])
-        X = X[:, keep]
-    return pca_2d(X), "PCA of log-normalised genes"
+    found = file_embedding(adata)
+    if found is not None:
+        return found
+    X = log_normalised(adata.X)
+    return pca_2d(X[:, most_variable(X)]), "PCA of log-normalised genes"
 
 
 def features_from_obs(obs: pd.DataFrame) -> pd.DataFrame:

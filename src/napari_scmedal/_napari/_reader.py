@@ -71,48 +71,29 @@ def read_backed(path, seed: int = 0, max_fit: int = 5000, n_top: int = 2000):
     """
     import anndata as ad
 
+    from napari_scmedal.data import detect_input_kind
     from napari_scmedal.data.ondisk import DEFAULT_CHUNK_CELLS, H5adSource
     from napari_scmedal.errors import DataError
 
-    import scanpy as sc
-
-    from napari_scmedal.data import detect_input_kind
+    from ._layers import file_embedding, fit_pca_2d, log_normalised, most_variable, sample_rows
 
     try:
         adata = ad.read_h5ad(path, backed="r")
     except Exception as exc:
         raise DataError(f"Could not open {path} as AnnData ({type(exc).__name__}: {exc}). Check that it was written "
                         "by anndata (adata.write_h5ad).") from exc
-    for key in ("X_umap", "X_pca"):
-        if key in adata.obsm and np.asarray(adata.obsm[key]).shape[1] >= 2:
-            return adata, np.asarray(adata.obsm[key])[:, :2].astype(np.float32), key
-    from sklearn.decomposition import PCA
-
-    src = H5adSource(path, obs=adata.obs)
-    n = src.n_obs
-    rows = np.arange(n) if n <= max_fit else np.sort(np.random.default_rng(seed).choice(n, max_fit, replace=False))
-    sample = ad.AnnData(X=src.read_rows(rows))
-    sample.X = sample.X.astype(np.float32)
-    counts = detect_input_kind(sample.X) == "counts"  # decided once, from the sample, for every block
-
-    def logged(x):
-        if not counts:
-            return x.toarray() if hasattr(x, "toarray") else np.asarray(x)
-        tmp = ad.AnnData(X=x)
-        sc.pp.normalize_total(tmp, target_sum=1e4)
-        sc.pp.log1p(tmp)
-        return tmp.X.toarray() if hasattr(tmp.X, "toarray") else np.asarray(tmp.X)
-
-    Xs = logged(sample.X)
-    keep = np.sort(np.argsort(Xs.var(axis=0))[::-1][:n_top])
-    pca = PCA(n_components=min(2, len(keep), len(rows)), random_state=seed)
-    pca.fit(Xs[:, keep])
-    coords = np.empty((n, 2), np.float32)
-    for a in range(0, n, DEFAULT_CHUNK_CELLS):
-        Xb = logged(src.read(a, min(a + DEFAULT_CHUNK_CELLS, n)).astype(np.float32))
-        Y = pca.transform(Xb[:, keep]).astype(np.float32)
-        coords[a:a + Y.shape[0], :Y.shape[1]] = Y
-        if Y.shape[1] < 2:
-            coords[a:a + Y.shape[0], 1] = 0.0
-    src.close()
+    found = file_embedding(adata)
+    if found is not None:
+        return (adata, *found)
+    with H5adSource(path, obs=adata.obs) as src:
+        n = src.n_obs
+        sample = src.read_rows(sample_rows(n, max_fit, seed))
+        counts = detect_input_kind(sample) == "counts"  # decided once, from the sample, for every block
+        Xs = log_normalised(sample, counts)
+        keep = most_variable(Xs, n_top)
+        project = fit_pca_2d(Xs[:, keep], seed)
+        coords = np.empty((n, 2), np.float32)
+        for a in range(0, n, DEFAULT_CHUNK_CELLS):
+            block = log_normalised(src.read(a, min(a + DEFAULT_CHUNK_CELLS, n)), counts)
+            coords[a:a + block.shape[0]] = project(block[:, keep])
     return adata, coords, "PCA of log-normalised genes (sampled fit)"
