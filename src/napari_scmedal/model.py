@@ -586,10 +586,10 @@ class ScMEDAL:
         if rows is None:
             return self._prepare(adata)
         start, stop = (int(r) for r in rows)
-        n = self.n_cells(adata)
+        prep = self._prepare(adata, lazy=True)  # cached per data: a path is not reopened per range
+        n = prep.n_obs
         if not 0 <= start <= stop <= n:
             raise DataError(f"rows=({start}, {stop}) is outside the {n} cells; pass 0 <= start <= stop <= {n}.")
-        prep = self._prepare(adata, lazy=True)
         return prep.block(start, stop) if hasattr(prep, "block") else prep.subset(np.arange(start, stop))
 
     def predict_versions(self, adata=None, batches=None, method: str = "matched", rows=None) -> dict:
