@@ -62,6 +62,26 @@ def _check_cells_layer(layer, adata_n, batches):
     assert len(set(colours.values())) == len(batches)
 
 
+def _open_without_embedding(make_napari_viewer, adata, path):
+    """Write ``adata`` without obsm embeddings to ``path`` and open it with the plugin's reader."""
+    adata.obsm.clear()
+    adata.write_h5ad(path)
+    before = _sha(path)  # taken before the reader touches the file
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(path), plugin=PLUGIN)
+    return viewer, layer, path, before
+
+
+def _assert_lines_separate(layer):
+    """The cell lines A549 and H1975 separate along the layer's 2-D embedding."""
+    xy = layer.data
+    lines = layer.features["cell_line"].astype(str).to_numpy()
+    a, b = xy[lines == "A549"], xy[lines == "H1975"]
+    gap = np.linalg.norm(a.mean(0) - b.mean(0))
+    spread = np.sqrt((a.var(0).sum() + b.var(0).sum()) / 2)
+    assert gap > 1.5 * spread
+
+
 def test_reader_opens_sample_file_in_viewer(make_napari_viewer):
     path = cellbench_path()
     before = _sha(path)
@@ -84,21 +104,10 @@ def test_reader_computes_pca_when_file_has_no_embedding(make_napari_viewer, tmp_
     src = cellbench()
     keep = np.flatnonzero(src.obs["cell_line"].astype(str).isin(["H1975", "A549"]).to_numpy())[:300]
     ad = src[keep].copy()
-    ad.obsm.clear()
-    path = tmp_path / "no_embedding.h5ad"
-    ad.write_h5ad(path)
-    before = _sha(path)
-    viewer = make_napari_viewer()
-    (layer,) = viewer.open(str(path), plugin=PLUGIN)
+    viewer, layer, path, before = _open_without_embedding(make_napari_viewer, ad, tmp_path / "no_embedding.h5ad")
     _check_cells_layer(layer, ad.n_obs, sorted(ad.obs["batch"].astype(str).unique()))
     assert layer.metadata["embedding"] == "PCA of log-normalised genes"
-    # a real PCA of real data: the two cell lines separate along the embedding
-    xy = layer.data
-    lines = layer.features["cell_line"].astype(str).to_numpy()
-    a, b = xy[lines == "A549"], xy[lines == "H1975"]
-    gap = np.linalg.norm(a.mean(0) - b.mean(0))
-    spread = np.sqrt((a.var(0).sum() + b.var(0).sum()) / 2)
-    assert gap > 1.5 * spread
+    _assert_lines_separate(layer)  # a real PCA of real data
     assert _sha(path) == before
 
 
@@ -197,19 +206,11 @@ def test_large_files_open_backed_and_train_out_of_core_from_the_widget(make_napa
     """Files over NAPARI_SCMEDAL_BACKED_GB open backed (matrix left on disk, sampled PCA); the model widget
     then trains from the file, and the user's file is untouched."""
     monkeypatch.setenv("NAPARI_SCMEDAL_BACKED_GB", "0")  # treat every file as large
-    src = cellbench()
-    src.obsm.clear()
-    path = tmp_path / "large.h5ad"
-    src.write_h5ad(path)
-    before = _sha(path)
-    viewer = make_napari_viewer()
-    (layer,) = viewer.open(str(path), plugin=PLUGIN)
+    viewer, layer, path, before = _open_without_embedding(make_napari_viewer, cellbench(), tmp_path / "large.h5ad")
     adata = layer.metadata["adata"]
     assert adata.isbacked and layer.metadata["backed"] is True
     assert layer.metadata["embedding"] == "PCA of log-normalised genes (sampled fit)"
-    lines = layer.features["cell_line"].astype(str).to_numpy()
-    a, b = layer.data[lines == "A549"], layer.data[lines == "H1975"]
-    assert np.linalg.norm(a.mean(0) - b.mean(0)) > 1.5 * np.sqrt((a.var(0).sum() + b.var(0).sum()) / 2)
+    _assert_lines_separate(layer)
     _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "scMEDAL model")
     w.batch_combo.setCurrentText("batch")
     w.label_combo.setCurrentText("cell_line")
