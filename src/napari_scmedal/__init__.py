@@ -1,7 +1,7 @@
 """napari-scmedal: scMEDAL batch-effect models, counterfactuals and genomaps."""
 __version__ = "0.1.0"
 
-__all__ = ["ScMEDAL", "__version__"]
+__all__ = ["ScMEDAL", "TrainingHealthWarning", "__version__"]
 
 
 def __getattr__(name):
@@ -10,4 +10,8 @@ def __getattr__(name):
         from .model import ScMEDAL
 
         return ScMEDAL
+    if name == "TrainingHealthWarning":
+        from .errors import TrainingHealthWarning
+
+        return TrainingHealthWarning
     raise AttributeError(f"module 'napari_scmedal' has no attribute {name!r}")

@@ -28,3 +28,14 @@ class TrainingError(ScMEDALError, RuntimeError):
 
 class LayoutError(ScMEDALError, ValueError):
     """A genomap layout cannot be computed or applied (e.g. more genes than pixels)."""
+
+
+class TrainingHealthWarning(UserWarning):
+    """A trained network failed a health check (napari_scmedal.models.health): its reconstructions, its
+    validation loss, its best epoch or its heads say it did not train well. The message names the
+    problem and the fix; ``model.health`` holds the measurements."""
+
+
+class ExtrapolationWarning(UserWarning):
+    """Counterfactuals of cells whose cell type has (almost) no training cells in the target batch: their
+    batch change is borrowed from the other types (``model.counterfactual_extrapolated`` flags them)."""

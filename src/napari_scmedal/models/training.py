@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import TrainingError
-from ..nn import clipped_cross_entropy
+from ..nn import clipped_cross_entropy, refresh_bn_stats
 from .networks import AE, FE, RE
 
 __all__ = ["Tensors", "FETask", "AETask", "RETask", "fit", "resolve_device", "is_cancelled", "PRECISIONS"]
@@ -152,6 +152,10 @@ class _Step:
         sync = ({"forward_sync_buffers": True} if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
                 else {"broadcast_buffers": True})
         return DDP(module, device_ids=ids, output_device=ids[0] if ids else None, **sync)
+
+    def bn_forward(self, b: Tensors) -> None:
+        """The forward pass whose BatchNorm statistics :func:`fit` recomputes (``bn_refresh``)."""
+        self.net.encoder(b.X)
 
     def eval_losses(self, data, chunk: int = 4096) -> dict[str, float]:
         """Validation losses of ``data`` (Tensors or a minibatch source), averaged over its rows."""
@@ -372,6 +376,9 @@ class RETask(_Step):
 
     train_names = ["total", "recon", "batch", "kl_enc", "kl_dec", "batch_acc"]
 
+    def bn_forward(self, b: Tensors) -> None:
+        self.net(b.X, b.batch_onehot)
+
     def train_step(self, b: Tensors) -> torch.Tensor:
         net = self.net
         net.train()
@@ -425,7 +432,8 @@ def _as_source(data):
 def fit(task, train, val=None, *, max_epochs: int, patience: int, batch_size: int,
         seed: int = 0, progress: Callable[[dict], None] | None = None, cancel=None,
         runaway_factor: float = 3.0, comm=None, max_steps_per_epoch: int | None = None,
-        precision: str = "fp32") -> dict:
+        precision: str = "fp32", min_epochs: int = 1, bn_refresh: int | None = None,
+        deadline: float | None = None, min_delta: float = 0.0) -> dict:
     """Train ``task.net`` and return its history.
 
     ``train``/``val``: :class:`Tensors` or minibatch sources (:mod:`napari_scmedal.models.loaders`).
@@ -435,6 +443,14 @@ def fit(task, train, val=None, *, max_epochs: int, patience: int, batch_size: in
     rank takes the same early-stopping decisions, and BatchNorm statistics are re-broadcast from rank
     0 before each validation. ``max_steps_per_epoch`` caps the minibatches of an epoch (a partial
     epoch, for benchmarks). ``precision``: ``"fp32"`` or ``"bf16"`` (autocast of the forward passes).
+    ``min_epochs``: early stopping waits at least this many epochs (a minimum number of optimiser steps).
+    ``bn_refresh``: before every validation (and so before the best weights are snapshotted) the
+    BatchNorm running statistics are recomputed from up to this many training rows in inference
+    conditions (:func:`napari_scmedal.nn.refresh_bn_stats`; exact when the training split fits);
+    ``None`` keeps the running averages (the reference). ``min_delta``: a validation loss counts as a new
+    best (resetting the patience) only when it is lower than the best by this fraction of the best's
+    magnitude (the best weights are still the lowest loss seen). ``deadline``: a ``time.perf_counter()`` value
+    after which training stops at the end of the epoch (``stopped="max_time"``, best weights kept).
 
     History: ``{"model", "epochs": [...], "train": {name: [per epoch]}, "val": {name: [...]},
     "best_epoch", "best_val", "stopped": "early_stopping"|"max_epochs"|"cancelled"|"nonfinite",
@@ -461,6 +477,10 @@ def fit(task, train, val=None, *, max_epochs: int, patience: int, batch_size: in
             "elapsed_s": 0.0, "warnings": [], "batch_size": int(batch_size), "world_size": comm.world,
             "steps": 0, "cells_seen": 0, "precision": precision}
     best_state, best_val, wait = None, math.inf, 0
+    min_epochs = max(1, int(min_epochs))
+    hist["min_epochs"] = min_epochs
+    hist["bn_refresh"] = None if bn_refresh is None else int(bn_refresh)
+    refresh_gen_seed = int(seed) + 99991
     has_val = val is not None and val.n > 0
     t0 = time.perf_counter()
     chance = math.log(max(getattr(net, "n_batches", 2), 2))
@@ -501,6 +521,8 @@ def fit(task, train, val=None, *, max_epochs: int, patience: int, batch_size: in
                 break
         if sums is None:
             sums = torch.zeros(len(task.train_names), device=next(net.parameters()).device)
+        if bn_refresh is not None and steps > 0:
+            _refresh_bn(task, train, int(bn_refresh), refresh_gen_seed, comm)
         if not single:  # global means over every rank's rows
             packed = torch.cat([sums.detach().to(torch.float64).reshape(-1),
                                 torch.tensor([float(steps)], dtype=torch.float64, device=sums.device)])
@@ -536,9 +558,11 @@ def fit(task, train, val=None, *, max_epochs: int, patience: int, batch_size: in
         if not math.isfinite(monitor):
             raise nonfinite(monitor, epoch, "validation")
         if monitor < best_val:
-            best_val, wait = monitor, 0
+            improved = not math.isfinite(best_val) or monitor < best_val - float(min_delta) * abs(best_val)
+            best_val = monitor
             best_state = _snapshot(net)
             hist["best_epoch"], hist["best_val"] = epoch, monitor
+            wait = 0 if improved else wait + 1
         else:
             wait += 1
         if "adv" in tr and not warned_runaway and tr["adv"] > runaway_factor * chance:
@@ -549,16 +573,23 @@ def fit(task, train, val=None, *, max_epochs: int, patience: int, batch_size: in
             if comm.is_main:
                 warnings.warn(msg, RuntimeWarning, stacklevel=2)
             warned_runaway = True
-        elapsed = time.perf_counter() - t0
+        now = time.perf_counter()
+        elapsed = now - t0
+        out_of_time = deadline is not None and now >= deadline
         if progress is not None and comm.is_main:
             progress({"model": task.name, "epoch": epoch, "max_epochs": max_epochs, "train": tr, "val": vl,
-                      "elapsed_s": elapsed, "eta_s": elapsed / epoch * (max_epochs - epoch),
-                      "best_epoch": hist["best_epoch"], "patience_left": patience - wait})
+                      "elapsed_s": elapsed,
+                      "eta_s": _eta(elapsed / epoch, epoch, max_epochs, min_epochs, patience, wait, deadline, now),
+                      "best_epoch": hist["best_epoch"], "patience_left": patience - wait,
+                      "min_epochs": min_epochs})
         if single and (cancelled or is_cancelled(cancel)):
             hist["stopped"] = "cancelled"
             break
-        if wait >= patience:
+        if wait >= patience and epoch >= min_epochs:
             hist["stopped"] = "early_stopping"
+            break
+        if out_of_time and epoch < max_epochs:
+            hist["stopped"] = "max_time"
             break
     restore()
     net.eval()
@@ -571,3 +602,31 @@ def fit(task, train, val=None, *, max_epochs: int, patience: int, batch_size: in
                                 f"{hist['max_rank_divergence']:.3g}); distributed synchronisation failed. Report "
                                 f"this with the torchrun command used.")
     return hist
+
+
+def _eta(per_epoch: float, epoch: int, max_epochs: int, min_epochs: int, patience: int, wait: int,
+         deadline: float | None, now: float) -> float:
+    """Seconds left for this network, assuming no new best epoch from now on (early stopping then comes
+    after ``patience - wait`` more epochs, not before ``min_epochs``), capped by ``max_epochs`` and the
+    deadline. Each new best epoch pushes it back; it is what a user can expect, not an upper bound."""
+    left = min(max_epochs, max(min_epochs, epoch + max(patience - wait, 0))) - epoch
+    eta = per_epoch * max(left, 0)
+    if deadline is not None:
+        eta = min(eta, max(deadline - now, 0.0))
+    return float(eta)
+
+
+def _refresh_bn(task, train, max_rows: int, seed: int, comm) -> None:
+    """Recompute ``task.net``'s BatchNorm statistics on up to ``max_rows`` training rows (the same rows
+    every epoch: a fixed generator), in chunks of at most 8,192 rows; the raw network is used (never
+    the DDP wrapper, whose forward would re-broadcast rank 0's buffers)."""
+    if max_rows <= 0:
+        return
+    n = int(getattr(train, "n", 0)) // max(comm.world, 1)
+    if n < 2:
+        return
+    chunk = min(8192, n, max_rows)
+    steps = max(1, min(max_rows, n) // chunk)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.no_grad():
+        refresh_bn_stats(task.net, task.bn_forward, train.epoch(chunk, gen, 0, comm, steps))

@@ -33,6 +33,7 @@ __all__ = [
     "clipped_cross_entropy",
     "count_parameters",
     "set_bn_momentum",
+    "refresh_bn_stats",
 ]
 
 #: Keras' ``backend.epsilon()``: probability clip inside cross-entropies.
@@ -172,3 +173,44 @@ def set_bn_momentum(module: nn.Module, momentum: float) -> None:
     for m in module.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.momentum = float(momentum)
+
+
+@torch.no_grad()
+def refresh_bn_stats(module: nn.Module, forward, batches) -> int:
+    """Recompute every BatchNorm's running mean and variance of ``module`` from ``batches``.
+
+    ``forward(b)`` runs the module on one batch; while it runs, the BatchNorm layers are in training
+    mode with a cumulative average (``momentum=None``) and everything else is in inference mode (RE
+    blocks use their posterior means), so the statistics are those the network meets at inference.
+    With one batch holding the whole training split the statistics are exact population statistics;
+    several equal batches give their average. Returns the number of rows seen (0: nothing changed).
+
+    This replaces the running averages that lag far behind the batch statistics when an epoch has few
+    optimiser steps (METHOD.md section 3, "Scale of the reference settings").
+    """
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns:
+        return 0
+    was_training = module.training
+    saved = [(m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
+             for m in bns]
+    module.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    seen = 0
+    try:
+        for b in batches:
+            forward(b)
+            seen += int(b.n)
+    finally:
+        for m, (mom, mean, var, nbt) in zip(bns, saved):
+            m.momentum = mom
+            m.eval()
+            if seen == 0:  # nothing ran: keep the old statistics
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+                m.num_batches_tracked.copy_(nbt)
+        module.train(was_training)
+    return seen
