@@ -64,7 +64,7 @@ class _Counter:
         self.rows = []
         inner = model.get_version
 
-        def wrapped(version, adata=None, rows=None, method="matched"):
+        def wrapped(version, adata=None, rows=None, method="balanced"):
             self.rows.append(tuple(rows) if rows is not None else None)
             return inner(version, adata=adata, rows=rows, method=method)
 

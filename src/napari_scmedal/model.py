@@ -27,9 +27,10 @@ import torch
 from ._utils import new_file_mode
 from .errors import DataError, ModelFileError, ScMEDALError, TrainingError
 from .models import FE, RE, FETask, RETask, Tensors, fit, is_cancelled, resolve_device
+from .models.defaults import BN_REFRESH_ROWS, derive_settings
 from .nn import set_bn_momentum
 
-__all__ = ["ScMEDAL", "PRESETS", "FILE_FORMAT", "FILE_VERSION", "CF_METHODS", "CF_NEIGHBOURS",
+__all__ = ["ScMEDAL", "PRESETS", "DEFAULT_PRESET", "CF_DEFAULT", "FILE_FORMAT", "FILE_VERSION", "CF_METHODS", "CF_NEIGHBOURS",
            "CF_ANCHORS_PER_BATCH"]
 
 FILE_FORMAT = "napari-scmedal-model"
@@ -45,6 +46,7 @@ PRESETS: dict[str, dict] = {
         re_w_recon=110.0, re_w_batch=0.1, kl_weight=1e-5, prior_sd=0.25, kl_estimator="sample",
         bn_momentum=0.01, adv_bound=None, adam_eps=1e-7,
         input_kind="auto", split_seed=42, split_fractions=[0.6, 0.2, 0.2], train_fec=True,
+        min_epochs=1, bn_refresh=None, min_delta=0.0,
     ),
 }
 PRESETS["quick"] = dict(
@@ -52,14 +54,29 @@ PRESETS["quick"] = dict(
     lr=1e-3, batch_size=64, max_epochs=150, patience=10, bn_momentum=0.1,
     fe_w_recon=600.0, fe_w_adv=1.0,
 )
+#: The default: batch size, learning rate, epochs, patience and the minimum number of steps derived from the
+#: number of training cells (napari_scmedal.models.defaults), BatchNorm statistics recomputed before every
+#: validation. "paper" and "quick" stay available as explicit, fixed settings.
+PRESETS["auto"] = dict(
+    PRESETS["paper"],
+    lr=None, batch_size=None, max_epochs=None, patience=None, min_epochs=None,
+    bn_momentum=0.1, bn_refresh=BN_REFRESH_ROWS, min_delta=0.01,
+    fe_w_recon=None, fec_w_recon=None,
+)
+#: The preset used when none is given.
+DEFAULT_PRESET = "auto"
 
 _KINDS_LATENT = ("fe", "fec", "re")
 
-#: Counterfactual methods (docs/model.md, "Counterfactuals"). "matched" (default): the cell's RE latent is
+#: Counterfactual methods (docs/model.md, "Counterfactuals"). "balanced" (default): the cell's RE reconstruction
+#: changed by the batch change of its cell type (or FE-latent group), multiplicative and additive estimates
+#: averaged, type-balanced when the type is absent (napari_scmedal.counterfactual). "matched": the cell's RE latent is
 #: moved by the difference between the mean RE latents of its FE-latent neighbours in the target batch and
 #: in its own batch, then decoded with the target batch's random effects. "reference": METHOD.md section 1
 #: literally (the whole RE autoencoder with the one-hot swapped); kept for comparison, it overshoots.
-CF_METHODS = ("matched", "reference")
+CF_METHODS = ("balanced", "matched", "reference")
+#: The default counterfactual method (napari_scmedal.counterfactual; docs/model.md "Counterfactuals").
+CF_DEFAULT = "balanced"
 #: Neighbours (in the FE latent) per batch whose RE latents are averaged by the "matched" method.
 CF_NEIGHBOURS = 20
 #: Training cells per batch kept as anchors (FE + RE latents) for "matched"; stored in the model file.
@@ -95,7 +112,9 @@ class ScMEDAL:
     seed
         Seeds weight initialisation, minibatch order and RE sampling (deterministic on CPU).
     preset
-        ``"paper"`` (METHOD.md defaults) or ``"quick"`` (laptop). See :data:`PRESETS`.
+        ``"auto"`` (default: batch size, learning rate, epochs and patience derived from the number of
+        training cells, see :mod:`napari_scmedal.models.defaults`), or the fixed settings ``"paper"``
+        (METHOD.md defaults, meant for tens of thousands of cells) and ``"quick"``. See :data:`PRESETS`.
     device
         ``None`` = CUDA when available, else CPU; or e.g. ``"cpu"``, ``"cuda:0"``.
     threads
@@ -105,7 +124,7 @@ class ScMEDAL:
     """
 
     def __init__(self, adata, batch_key: str = "batch", label_key: str | None = None, n_genes: int = 2916,
-                 layer: str | None = None, seed: int = 0, preset: str = "paper", device=None,
+                 layer: str | None = None, seed: int = 0, preset: str = "auto", device=None,
                  threads: int | None = None, backed: bool | None = None, chunk_cells: int | None = None,
                  **hyperparameters):
         from .data import prepare_training
@@ -184,6 +203,10 @@ class ScMEDAL:
             self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")  # one GPU per rank
         self.threads = None if threads is None else int(threads)
         self.history: dict[str, dict] = {}
+        #: Training health per network (napari_scmedal.models.health); "not checked" for older model files.
+        self.health: dict[str, dict] = {}
+        #: The settings the last train() used and why (derived from the data or given).
+        self.derived: dict | None = None
         self.layout = None
         self._trained: list[str] = []
         self._adata = None
@@ -253,10 +276,16 @@ class ScMEDAL:
 
     def train(self, max_epochs: int | None = None, patience: int | None = None, batch_size: int | None = None,
               progress=None, cancel=None, *, precision: str = "fp32", data_on_device="auto",
-              max_steps_per_epoch: int | None = None, buffer_blocks: int = 4) -> "ScMEDAL":
+              max_steps_per_epoch: int | None = None, buffer_blocks: int = 4,
+              max_time: float | None = None) -> "ScMEDAL":
         """Train FE, then FEC (when a label key is given), then RE; return ``self``.
 
-        ``max_epochs``/``patience``/``batch_size`` default to the preset's. ``progress(info)`` is
+        ``max_epochs``/``patience``/``batch_size`` default to the preset's; with the default ``"auto"``
+        preset they, the learning rate and the minimum number of epochs are derived from the number of
+        training cells (``model.derived`` says which and why). ``max_time`` (seconds) caps the whole
+        call: each network gets an equal share of what is left when it starts (time a network does not
+        use passes to the next) and stops at the end of the epoch that crosses it, with its best
+        weights (``history[kind]["stopped"] == "max_time"``). ``progress(info)`` is
         called after every epoch with ``{"model", "epoch", "max_epochs", "train", "val",
         "elapsed_s", "eta_s", ...}``. ``cancel``: a ``threading.Event`` or a zero-argument callable;
         when it turns true training stops and the best weights so far are kept (later models are
@@ -273,16 +302,29 @@ class ScMEDAL:
         if self._prepared is None and self._plan is None:
             raise DataError("this model was loaded from a file and has no training data attached; train a new "
                             "model with ScMEDAL(adata, ...) instead.")
+        import time
+
         c = self.config
-        max_epochs = int(c["max_epochs"] if max_epochs is None else max_epochs)
-        patience = int(c["patience"] if patience is None else patience)
-        batch_size = int(c["batch_size"] if batch_size is None else batch_size)
+        for name, v in (("max_epochs", max_epochs), ("patience", patience), ("batch_size", batch_size)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
+                raise ScMEDALError(f"{name} must be a whole number (got {v!r}).")
+        needs_var = any(c.get(k) is None for k in ("fe_w_recon", "fec_w_recon"))
+        settings, reasons = derive_settings(len(self._split_idx.get("train", [])), c,
+                                            {"max_epochs": max_epochs, "patience": patience,
+                                             "batch_size": batch_size},
+                                            variance=self._input_variance() if needs_var else None)
+        max_epochs, patience, batch_size = settings["max_epochs"], settings["patience"], settings["batch_size"]
         if max_epochs < 1 or patience < 1 or batch_size < 2:
             raise ScMEDALError(f"need max_epochs >= 1, patience >= 1 and batch_size >= 2 (got {max_epochs}, "
                                f"{patience}, {batch_size}).")
         if max_steps_per_epoch is not None and int(max_steps_per_epoch) < 1:
             raise ScMEDALError(f"max_steps_per_epoch must be at least 1 (got {max_steps_per_epoch}).")
+        if max_time is not None and not (float(max_time) > 0):
+            raise ScMEDALError(f"max_time must be a positive number of seconds (got {max_time!r}).")
+        self.derived = {"preset": self.preset, "n_train": int(len(self._split_idx.get("train", []))),
+                        "settings": settings, "reasons": reasons}
         comm = self._comm()
+        start = time.perf_counter()
         self._cf_anchors = None  # the weights change: anchors are recomputed from the trained networks
         tr, va = self._sources(data_on_device, buffer_blocks)
         order = [k for k in ("fe", "fec", "re") if k in self.nets]
@@ -291,11 +333,17 @@ class ScMEDAL:
             for i, kind in enumerate(order):
                 if is_cancelled(cancel):
                     break
-                task = self._task(kind)
+                task = self._task(kind, settings)
+                deadline = None
+                if max_time is not None:
+                    now = time.perf_counter()
+                    deadline = now + max(float(max_time) - (now - start), 0.0) / (len(order) - i)
                 try:
                     hist = fit(task, tr, va, max_epochs=max_epochs, patience=patience, batch_size=batch_size,
                                seed=self.seed + 1000 * i, progress=progress, cancel=cancel, comm=comm,
-                               max_steps_per_epoch=max_steps_per_epoch, precision=precision)
+                               max_steps_per_epoch=max_steps_per_epoch, precision=precision,
+                               min_epochs=settings["min_epochs"], bn_refresh=c.get("bn_refresh"),
+                               deadline=deadline, min_delta=float(c.get("min_delta") or 0.0))
                 except TrainingError as e:
                     self.nets[kind].eval()
                     hist = getattr(e, "history", None)
@@ -305,10 +353,14 @@ class ScMEDAL:
                             self._trained.append(kind)
                     raise
                 hist["config"] = {"max_epochs": max_epochs, "patience": patience, "batch_size": batch_size,
+                                  "lr": settings["lr"], "min_epochs": settings["min_epochs"],
+                                  "w_recon": settings.get(f"{kind}_w_recon", c["re_w_recon"]),
                                   "backed": self.backed, "world_size": comm.world}
                 self.history[kind] = hist
                 if hist["best_epoch"] is not None and kind not in self._trained:
                     self._trained.append(kind)
+                if kind in self._trained and comm.is_main:
+                    self._check_health(kind, va, tr)
                 if hist["stopped"] == "cancelled":
                     break
         return self
@@ -333,14 +385,33 @@ class ScMEDAL:
             out.append(InMemorySource(t, self.device))
         return tuple(out)
 
-    def _task(self, kind: str):
-        c, net = self.config, self.nets[kind]
+    def _input_variance(self, max_rows: int = 20_000) -> float:
+        """Mean per-gene variance of the scaled training inputs (a seeded sample of at most ``max_rows``)."""
+        idx = np.asarray(self._split_idx.get("train", []), dtype=np.int64)
+        if idx.size < 2:
+            return float("nan")
+        if idx.size > max_rows:
+            idx = np.sort(np.random.default_rng(self.seed).choice(idx, max_rows, replace=False))
+        X = np.asarray(self._prepare(None).subset(idx).X, dtype=np.float64)
+        return float(X.var(0).mean())
+
+    def _task(self, kind: str, settings: dict):
+        c, net = dict(self.config), self.nets[kind]
+        lr = settings["lr"]
+        c.update({k: settings[k] for k in ("fe_w_recon", "fec_w_recon")})
         if kind == "fe":
-            return FETask(net, c["lr"], c["fe_w_recon"], c["fe_w_adv"], 0.0, c["adv_bound"], c["adam_eps"])
+            return FETask(net, lr, c["fe_w_recon"], c["fe_w_adv"], 0.0, c["adv_bound"], c["adam_eps"])
         if kind == "fec":
-            return FETask(net, c["lr"], c["fec_w_recon"], c["fec_w_adv"], c["fec_w_class"], c["adv_bound"],
+            return FETask(net, lr, c["fec_w_recon"], c["fec_w_adv"], c["fec_w_class"], c["adv_bound"],
                           c["adam_eps"])
-        return RETask(net, c["lr"], c["re_w_recon"], c["re_w_batch"], c["kl_weight"], c["adam_eps"])
+        return RETask(net, lr, c["re_w_recon"], c["re_w_batch"], c["kl_weight"], c["adam_eps"])
+
+    def _check_health(self, kind: str, val_source, train_source=None) -> None:
+        """Measure the trained network on validation cells; warn (TrainingHealthWarning) when out of bounds."""
+        from .models.health import check_network, warn_if_unhealthy
+
+        self.health[kind] = check_network(self, kind, val_source, train_source=train_source)
+        warn_if_unhealthy(kind, self.health[kind])
 
     # ------------------------------------------------------------------ inference
     def _training_adata(self, adata=None):
@@ -471,10 +542,70 @@ class ScMEDAL:
 
     def _check_method(self, method) -> str:
         if method not in CF_METHODS:
-            raise ScMEDALError(f"unknown counterfactual method {method!r}; use 'matched' (default: moves cells "
-                               f"toward the target batch) or 'reference' (METHOD.md's literal one-hot swap, which "
-                               f"overshoots; see docs/model.md).")
+            raise ScMEDALError(f"unknown counterfactual method {method!r}; use 'balanced' (default), 'matched' "
+                               f"(shift in the RE latent) or 'reference' (METHOD.md's literal one-hot swap, which "
+                               f"overshoots); see docs/model.md, 'Counterfactuals'.")
+        if method == "balanced" and self._cf_anchors is not None and "mean" not in self._cf_anchors \
+                and self._prepared is None and self._plan is None:
+            import warnings
+
+            warnings.warn("this model file was saved before the 'balanced' counterfactual existed and carries no "
+                          "training data to compute it; using method='matched'. Retrain and save the model to "
+                          "get the default method.", UserWarning, stacklevel=3)
+            return "matched"
         return method
+
+    def _counterfactuals(self, prep, codes, method: str, batch_size: int = 4096) -> list[np.ndarray]:
+        """Scaled (model-space) counterfactuals of ``prep``'s cells, one ``(n, G)`` array per target code:
+        the one implementation behind get_counterfactual_expression, predict_versions and get_version."""
+        method = self._check_method(method)
+        self._check_kind("re", ("re",))
+        if method == "balanced":
+            return [self.recipe.scale(x) for x in self._balanced(prep, codes, batch_size)[0]]
+        if method == "matched":
+            return self._matched(prep, codes, batch_size=batch_size)
+        outs = []
+        for b in codes:
+            z = torch.zeros(1, len(self.batches), device=self.device)
+            z[0, b] = 1.0
+            outs.append(self._run("re", prep, "recon", z_override=z, batch_size=batch_size))
+        return outs
+
+    def _balanced(self, prep, codes, batch_size: int = 4096):
+        """("balanced") log1p counterfactuals and per-cell extrapolation flags for each target code."""
+        from .counterfactual import apply_change, assign_groups, changes
+
+        st = self._anchors()
+        if "mean" not in st:
+            raise ScMEDALError("this model file has no statistics for the 'balanced' counterfactual (it was saved "
+                               "by an older version); retrain and save it again, or pass method='matched'.")
+        base = self.recipe.unscale(self._run("re", prep, "recon", batch_size=batch_size))
+        fe = self._run("fe", prep, "latent", batch_size=batch_size)
+        known = None
+        if st.get("groups") == "labels" and getattr(prep, "label", None) is not None:
+            known = np.asarray(prep.label)
+        groups = assign_groups(fe, st["fe"], st["group"], known)
+        own = np.asarray(prep.batch)
+        outs, flags = [], []
+        for t in codes:
+            out = np.empty_like(base)
+            flag = np.zeros(len(own), dtype=bool)
+            for s in np.unique(own):
+                lr, sh, ex = changes(st["mean"], st["logmean"], st["count"], int(s), int(t))
+                for rows in np.array_split(np.flatnonzero(own == s), max(1, int(np.sum(own == s)) // batch_size + 1)):
+                    g = groups[rows]
+                    out[rows] = apply_change(base[rows], lr[g], sh[g])
+                    flag[rows] = ex[g]
+            outs.append(out)
+            flags.append(flag)
+        return outs, flags
+
+    def counterfactual_extrapolated(self, target_batch, adata=None) -> np.ndarray:
+        """Per cell, True when its ("balanced") counterfactual into ``target_batch`` is extrapolated: the
+        cell's type (label, or FE-latent group without labels) has too few training cells in the target
+        batch or its own, so its batch change is borrowed from the other types."""
+        self._check_kind("re", ("re",))
+        return self._balanced(self._prepare(adata), [self._batch_index(target_batch)])[1][0]
 
     def _compute_anchors(self) -> dict[str, np.ndarray]:
         prep = self._prepare(None)
@@ -489,8 +620,34 @@ class ScMEDAL:
                 cells = np.sort(rng.choice(cells, CF_ANCHORS_PER_BATCH, replace=False))
             keep.append(cells)
         sub = prep.subset(np.concatenate(keep))
-        return {"fe": self._run("fe", sub, "latent"), "re": self._run("re", sub, "latent"),
-                "batch": np.asarray(sub.batch, dtype=np.int64)}
+        out = {"fe": self._run("fe", sub, "latent"), "re": self._run("re", sub, "latent"),
+               "batch": np.asarray(sub.batch, dtype=np.int64)}
+        out.update(self._group_stats(prep, idx, sub, out["fe"]))
+        return out
+
+    def _group_stats(self, prep, idx, anchors, anchor_fe) -> dict:
+        """The "balanced" counterfactual's statistics (napari_scmedal.counterfactual) over the training
+        cells ``idx``: anchor groups (labels, or k-means clusters of the FE latent without labels) and the
+        mean normalised / log1p expression and cell count per batch and group."""
+        from .counterfactual import assign_groups, cluster_anchors, group_stats
+
+        labels = self.recipe.labels
+        a_label = getattr(anchors, "label", None)
+        if labels and a_label is not None:
+            kind, a_group, n_groups = "labels", np.asarray(a_label, dtype=np.int64), len(labels)
+        else:
+            kind, a_group = "clusters", cluster_anchors(anchor_fe, self.seed)
+            n_groups = int(a_group.max()) + 1 if a_group.size else 1
+
+        def blocks():
+            for i in range(0, len(idx), 8192):
+                sub = prep.subset(idx[i:i + 8192])
+                known = np.asarray(sub.label) if kind == "labels" else None
+                groups = assign_groups(self._run("fe", sub, "latent"), anchor_fe, a_group, known)
+                yield np.asarray(sub.X_log), np.asarray(sub.batch), groups
+
+        mean, logmean, count = group_stats(blocks(), len(self.batches), n_groups, self.recipe.n_genes)
+        return {"group": a_group, "groups": kind, "mean": mean, "logmean": logmean, "count": count}
 
     def _anchors(self) -> dict[str, np.ndarray]:
         """FE and RE latents (and batch codes) of up to ``CF_ANCHORS_PER_BATCH`` training cells per
@@ -561,7 +718,7 @@ class ScMEDAL:
                 for o in outs]
 
     def get_counterfactual_expression(self, target_batch, adata=None, scaled: bool = False,
-                                      batch_size: int = 4096, method: str = "matched") -> np.ndarray:
+                                      batch_size: int = 4096, method: str = CF_DEFAULT) -> np.ndarray:
         """Each cell's expression as if acquired in ``target_batch`` (a batch name or index),
         ``(n_cells, n_genes)``, log1p units unless ``scaled=True``. For a cell's own batch the result is
         its RE reconstruction.
@@ -571,15 +728,26 @@ class ScMEDAL:
         batch's and its own batch's training cells, then decoded with the target batch's random
         effects. ``method="reference"``: METHOD.md literally, the whole RE autoencoder with the
         one-hot replaced by the target batch (overshoots: see docs/model.md, "Counterfactuals")."""
-        self._check_method(method)
         self._check_kind("re", ("re",))
         b = self._batch_index(target_batch)
-        if method == "matched":
-            out = self._matched(self._prepare(adata), [b], batch_size=int(batch_size))[0]
-        else:
-            z = torch.zeros(1, len(self.batches), device=self.device)
-            z[0, b] = 1.0
-            out = self._run("re", self._prepare(adata), "recon", z_override=z, batch_size=int(batch_size))
+        prep = self._prepare(adata)
+        method = self._check_method(method)
+        if method == "balanced":
+            outs, flags = self._balanced(prep, [b], batch_size=int(batch_size))
+            n_ex = int(flags[0].sum())
+            if n_ex:
+                import warnings
+
+                from .errors import ExtrapolationWarning
+
+                warnings.warn(f"{n_ex} of {len(flags[0])} cells belong to cell types with too few training cells in "
+                              f"batch {self.batches[b]!r} (or in their own batch): their counterfactual is "
+                              f"extrapolated from the other types' batch change. "
+                              f"model.counterfactual_extrapolated({self.batches[b]!r}, adata) flags them.",
+                              ExtrapolationWarning, stacklevel=2)
+            out = outs[0]
+            return self.recipe.scale(out) if scaled else out
+        out = self._counterfactuals(prep, [b], method, batch_size=int(batch_size))[0]
         return out if scaled else self.recipe.unscale(out).astype(np.float32, copy=False)
 
     def _prepare_rows(self, adata, rows):
@@ -592,7 +760,7 @@ class ScMEDAL:
             raise DataError(f"rows=({start}, {stop}) is outside the {n} cells; pass 0 <= start <= stop <= {n}.")
         return prep.block(start, stop) if hasattr(prep, "block") else prep.subset(np.arange(start, stop))
 
-    def predict_versions(self, adata=None, batches=None, method: str = "matched", rows=None) -> dict:
+    def predict_versions(self, adata=None, batches=None, method: str = CF_DEFAULT, rows=None) -> dict:
         """Every version of the cells at once (preprocessing done once, batched passes):
         ``{"original": X_log, "fe": FE recon, "re": RE recon, "batch": codes, "cf:<b>": counterfactual
         to batch b for each b in batches}``; expression in log1p units, ``(n_cells, n_genes)`` each.
@@ -609,27 +777,13 @@ class ScMEDAL:
                "re": unscale(self._run("re", prep, "recon")).astype(np.float32, copy=False),
                "batch": np.asarray(prep.batch)}
         batches = list(batches or [])
-        if batches and method == "matched":
-            cfs = self._matched(prep, [self._batch_index(b) for b in batches])
+        if batches:
+            cfs = self._counterfactuals(prep, [self._batch_index(b) for b in batches], method)
             for b, cf in zip(batches, cfs):
                 out[f"cf:{b}"] = unscale(cf).astype(np.float32, copy=False)
-        elif batches:
-            codes = [self._batch_index(b) for b in batches]
-            n, nb = prep.X.shape[0], len(self.batches)
-            onehot = np.zeros((len(codes) * n, nb), dtype=np.float32)
-            for k, c in enumerate(codes):
-                onehot[k * n:(k + 1) * n, c] = 1.0
-
-            class _Stack:
-                X = np.tile(np.asarray(prep.X, dtype=np.float32), (len(codes), 1))
-                batch_onehot = onehot
-
-            cf = unscale(self._run("re", _Stack, "recon")).astype(np.float32, copy=False)
-            for k, b in enumerate(batches):
-                out[f"cf:{b}"] = cf[k * n:(k + 1) * n]
         return out
 
-    def get_version(self, version: str, adata=None, rows=None, method: str = "matched") -> np.ndarray:
+    def get_version(self, version: str, adata=None, rows=None, method: str = CF_DEFAULT) -> np.ndarray:
         """One version of the cells, ``(n_cells, n_genes)`` float32 in log1p units: ``"original"``
         (the preprocessed input), ``"fe"``/``"re"`` (reconstructions) or ``"cf:<batch>"`` (the
         counterfactual to that batch, ``method`` as in :meth:`get_counterfactual_expression`).
@@ -642,15 +796,7 @@ class ScMEDAL:
             self._check_kind(version, _KINDS_LATENT)
             return self.recipe.unscale(self._run(version, prep, "recon")).astype(np.float32, copy=False)
         if version.startswith("cf:"):
-            self._check_method(method)
-            self._check_kind("re", ("re",))
-            b = self._batch_index(version[3:])
-            if method == "matched":
-                out = self._matched(prep, [b])[0]
-            else:
-                z = torch.zeros(1, len(self.batches), device=self.device)
-                z[0, b] = 1.0
-                out = self._run("re", prep, "recon", z_override=z)
+            out = self._counterfactuals(prep, [self._batch_index(version[3:])], method)[0]
             return self.recipe.unscale(out).astype(np.float32, copy=False)
         raise ScMEDALError(f"unknown version {version!r}; use 'original', 'fe', 're' or 'cf:<batch>' with a batch "
                            f"among {self.batches[:5]}{'...' if len(self.batches) > 5 else ''}.")
@@ -667,6 +813,9 @@ class ScMEDAL:
             s["label_key"] = self.recipe.label_key
         for k, h in self.history.items():
             s.setdefault("best_epoch", {})[k] = h["best_epoch"]
+        s["health"] = self.health
+        if self.derived is not None:
+            s["derived"] = self.derived
         return s
 
     def write_to_adata(self, adata) -> None:
@@ -704,9 +853,10 @@ class ScMEDAL:
         if anchors is None and (self._prepared is not None or self._plan is not None) and \
                 {"fe", "re"} <= set(self._trained):
             anchors = self._anchors()
-        if anchors is not None:  # reference cells of the "matched" counterfactual
-            for k in ("fe", "re", "batch"):
-                tensors[f"cf.{k}"] = torch.as_tensor(np.ascontiguousarray(anchors[k]))
+        if anchors is not None:  # reference cells of the counterfactuals, "balanced" statistics
+            for k in ("fe", "re", "batch", "group", "mean", "logmean", "count"):
+                if k in anchors:
+                    tensors[f"cf.{k}"] = torch.as_tensor(np.ascontiguousarray(anchors[k]))
         layout = None
         if self.layout is not None:
             layout = self.layout.to_dict()
@@ -715,7 +865,8 @@ class ScMEDAL:
             "config": self.config, "recipe": self.recipe.to_dict(), "genes": self.genes,
             "batches": self.batches, "labels": self.labels, "networks": sorted(self.nets),
             "trained": list(self._trained), "history": self.history, "splits": self.splits,
-            "versions": _versions(), "layout": layout,
+            "versions": _versions(), "layout": layout, "health": self.health, "derived": self.derived,
+            "cf_groups": None if anchors is None else anchors.get("groups"),
         }
         text = json.dumps(meta)
         if len(text) > _MAX_SPLIT_JSON:  # millions of cells: the split's cell names would overflow the header
@@ -753,6 +904,12 @@ class ScMEDAL:
                                      f"builds {sorted(obj.nets)}; the file is inconsistent (re-save the model).")
             obj.history = meta.get("history") or {}
             obj._trained = list(meta.get("trained") or [])
+            from .models.health import NOT_CHECKED
+
+            stored = meta.get("health")
+            obj.health = ({k: dict(NOT_CHECKED) for k in obj._trained} if not isinstance(stored, dict)
+                          else {k: stored.get(k, dict(NOT_CHECKED)) for k in obj._trained})
+            obj.derived = meta.get("derived")
             obj.splits = meta.get("splits") or {}
         except ModelFileError:
             raise
@@ -770,7 +927,8 @@ class ScMEDAL:
                                      f"({str(e).splitlines()[0]}); the file is damaged. Re-save or retrain.") from None
             net.to(obj.device).eval()
         if any(k.startswith("cf.") for k in tensors):
-            obj._cf_anchors = _anchors_from_tensors(path, tensors, int(obj.config["latent"]), len(obj.batches))
+            obj._cf_anchors = _anchors_from_tensors(path, tensors, int(obj.config["latent"]), len(obj.batches),
+                                                    obj.recipe.n_genes, meta.get("cf_groups"))
         if meta.get("layout") is not None:
             from .genomap import GenomapLayout
 
@@ -782,7 +940,8 @@ class ScMEDAL:
         return obj
 
 
-def _anchors_from_tensors(path: Path, tensors: dict, latent: int, n_batches: int) -> dict[str, np.ndarray]:
+def _anchors_from_tensors(path: Path, tensors: dict, latent: int, n_batches: int, n_genes: int,
+                          groups_kind=None) -> dict[str, np.ndarray]:
     try:
         fe, re_, b = (tensors[f"cf.{k}"].numpy() for k in ("fe", "re", "batch"))
         ok = (fe.ndim == 2 and fe.shape[1] == latent and re_.shape == fe.shape and b.shape == (fe.shape[0],)
@@ -792,7 +951,24 @@ def _anchors_from_tensors(path: Path, tensors: dict, latent: int, n_batches: int
     if not ok:
         raise ModelFileError(f"{path}: the counterfactual anchors (cf.fe, cf.re, cf.batch) are incomplete or do "
                              f"not fit the stored configuration; the file is damaged. Re-save or retrain.")
-    return {"fe": fe.astype(np.float32, copy=False), "re": re_.astype(np.float32, copy=False), "batch": b}
+    out = {"fe": fe.astype(np.float32, copy=False), "re": re_.astype(np.float32, copy=False), "batch": b}
+    stats = [k for k in ("group", "mean", "logmean", "count") if f"cf.{k}" in tensors]
+    if stats:  # the "balanced" counterfactual's statistics (files written before it have none)
+        try:
+            g, m, lm, c = (tensors[f"cf.{k}"].numpy() for k in ("group", "mean", "logmean", "count"))
+            k = c.shape[1] if c.ndim == 2 else -1
+            ok = (len(stats) == 4 and groups_kind in ("labels", "clusters") and g.shape == b.shape
+                  and g.dtype == np.int64 and c.shape == (n_batches, k) and m.shape == (n_batches, k, n_genes)
+                  and lm.shape == m.shape and (g.size == 0 or g.max() < k))
+        except KeyError:
+            ok = False
+        if not ok:
+            raise ModelFileError(f"{path}: the counterfactual statistics (cf.group, cf.mean, cf.logmean, cf.count) "
+                                 f"are incomplete or do not fit the stored configuration; the file is damaged. "
+                                 f"Re-save or retrain.")
+        out.update({"group": g, "groups": groups_kind, "mean": m.astype(np.float32, copy=False),
+                    "logmean": lm.astype(np.float32, copy=False), "count": c})
+    return out
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

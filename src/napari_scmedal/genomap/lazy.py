@@ -72,10 +72,12 @@ def _check_version(model, version, method) -> str:
             shown = batches if len(batches) <= 20 else batches[:20] + ["..."]
             raise DataError(f"unknown target batch {batch!r} in version {version!r}; the model knows these "
                             f"batches: {shown}. Write 'cf:<one of them>'.")
-        if method not in ("matched", "reference"):
-            raise ScMEDALError(f"unknown counterfactual method {method!r}; use 'matched' (default) or "
-                               f"'reference'.")
-        need = ["fe", "re"] if method == "matched" else ["re"]
+        from ..model import CF_METHODS
+
+        if method not in CF_METHODS:
+            raise ScMEDALError(f"unknown counterfactual method {method!r}; use one of {list(CF_METHODS)} (the "
+                               f"first is the default).")
+        need = ["re"] if method == "reference" else ["fe", "re"]
         missing = [k for k in need if k not in trained]
         if missing:
             raise ScMEDALError(f"counterfactuals ({method!r}) need the trained {' and '.join(k.upper() for k in need)} "
@@ -223,7 +225,7 @@ def _as_dask(source: LazyGenomaps, name_prefix: str):
 
 
 def genomap_stack(model, adata=None, version: str = "original", *, chunk_cells: int = 64,
-                  method: str = "matched", layout=None, dtype=np.float32, cache_chunks: int = 4):
+                  method: str = "balanced", layout=None, dtype=np.float32, cache_chunks: int = 4):
     """Genomaps of every cell as a lazy ``dask.array.Array`` of shape ``(n_cells, rows, cols)``.
 
     Parameters
@@ -279,8 +281,8 @@ def difference_stack(model, adata=None, version_a: str = "fe", version_b: str = 
     """Lazy ``genomap_stack(version_a) - genomap_stack(version_b)`` on the same layout (e.g. a
     counterfactual minus the original: the batch effect of every cell). Same keyword arguments."""
     layout = kwargs.pop("layout", None)
-    version_a = _check_version(model, version_a, kwargs.get("method", "matched"))
-    version_b = _check_version(model, version_b, kwargs.get("method", "matched"))
+    version_a = _check_version(model, version_a, kwargs.get("method", "balanced"))
+    version_b = _check_version(model, version_b, kwargs.get("method", "balanced"))
     a = genomap_stack(model, adata, version_a, layout=layout, **kwargs)
     b = genomap_stack(model, adata, version_b, layout=stack_source(a).layout, **kwargs)
     return a - b
