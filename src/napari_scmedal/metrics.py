@@ -8,6 +8,8 @@
   tested on another, or with the fairer held-out-batch protocol (leave whole batches out).
 * :func:`evaluate_model` -- the section-4 table for a trained :class:`~napari_scmedal.ScMEDAL` on
   one of its splits (used by the GUI and the CLI ``evaluate``).
+* :func:`counterfactual_holdout` -- counterfactual accuracy against held-out truth, with baselines
+  (defined in :mod:`napari_scmedal.holdout`, imported lazily here: that module trains models).
 
 Batch-invariant latents (FE, FEC) want low batch scores and high label scores; the RE latent
 wants high batch scores.
@@ -19,7 +21,17 @@ import numpy as np
 
 from .errors import DataError
 
-__all__ = ["cluster_scores", "latent_scores", "mixed_effects_classification", "evaluate_model"]
+__all__ = ["cluster_scores", "latent_scores", "mixed_effects_classification", "evaluate_model",
+           "counterfactual_holdout"]
+
+
+def __getattr__(name):
+    # lazy: napari_scmedal.holdout imports the model (torch); no import cycle through this module
+    if name == "counterfactual_holdout":
+        from .holdout import counterfactual_holdout
+
+        return counterfactual_holdout
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _subsample(n: int, size: int | None, seed: int) -> np.ndarray:

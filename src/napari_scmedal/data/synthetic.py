@@ -12,11 +12,23 @@ Generative model (all randomness from ``numpy.random.default_rng(seed)``):
   ``batch_depth[b]``.
 * Counts are negative binomial through a Poisson-gamma mixture with dispersion ``1/theta``:
   ``lambda ~ Gamma(theta, mean / theta)``, ``count ~ Poisson(lambda)``.
+* Optional (:func:`make_synthetic` only; both off by default, and then nothing changes):
+  ``interaction_strength`` adds a cell-type-specific batch effect, an extra multiplicative factor
+  ``interaction[b, k, g] = exp(N(0, interaction_strength^2))`` on the mean of type ``k`` in batch ``b``;
+  ``dropout`` zeroes each drawn count with probability ``dropout_level[b] * exp(-mean / dropout_scale)``
+  (``mean`` = that entry's expected count, so lowly expressed genes drop out more), where
+  ``dropout_level[b] = min(1, dropout * exp(N(0, DROPOUT_BATCH_SD^2)))`` lets the batch change the
+  sparsity too. Both are drawn from their own seeded streams, so the other draws do not change.
 
 The truth is stored in the result so tests can check that a model removes or recovers it:
 ``uns["synthetic"]`` holds the parameters, ``varm["batch_effect"]`` (genes x batches, the
 multiplicative effect), ``var["programme"]`` (cell-type index of a gene's block or -1), and
-``obs["library_size"]``.
+``obs["library_size"]``. :func:`make_synthetic` also stores ``varm["type_mean"]`` (genes x types,
+``mu * programme factor``), ``varm["interaction"]`` (genes x (batches * types), column ``b * n_labels + k``)
+and, in ``uns["synthetic"]``, ``interaction_strength``, ``dropout``, ``dropout_scale``, ``dropout_level``
+(per batch), ``batch_key`` and ``label_key``: with them
+:func:`~napari_scmedal.data.synthetic_truth.synthetic_expected_log` computes each cell's expected
+log1p-normalised expression as if measured in any batch (the exact counterfactual truth).
 
 :func:`make_synthetic` builds the whole matrix in memory. :func:`write_synthetic_h5ad` streams the
 same model straight into an ``.h5ad`` file (CSR ``X``) for data sets larger than memory, e.g. the
@@ -42,6 +54,12 @@ from .._utils import atomic_output
 RNG_BLOCK_CELLS = 256
 #: Entries whose NB mean exceeds this are sampled by Poisson-gamma instead of the survival walk.
 _DIRECT_MEAN = 20.0
+#: Standard deviation of the log per-batch dropout level around ``dropout`` (make_synthetic).
+DROPOUT_BATCH_SD = 0.5
+#: Spawn keys of the extra random streams of make_synthetic (interactions, dropout); far from the block
+#: indices write_synthetic_h5ad uses, so no stream is shared.
+_INTERACTION_STREAM = 2**31 + 1
+_DROPOUT_STREAM = 2**31 + 2
 
 
 def _draw_truth(rng, n_cells, n_genes, n_batches, n_labels, *, batch_strength, programme_size,
@@ -125,6 +143,9 @@ def make_synthetic(
     batch_key: str = "batch",
     label_key: str = "cell_type",
     sparse: bool = True,
+    interaction_strength: float = 0.0,
+    dropout: float = 0.0,
+    dropout_scale: float = 1.0,
 ) -> ad.AnnData:
     """Return an AnnData of raw integer counts (float32, CSR unless ``sparse=False``).
 
@@ -150,21 +171,46 @@ def make_synthetic(
     batch_key, label_key
         obs column names (``"batch"`` and ``"cell_type"`` by default). Categories are
         ``"batch0", "batch1", ...`` and ``"type0", "type1", ...``.
+    interaction_strength
+        Standard deviation of the log cell-type-specific batch effect per (batch, type, gene)
+        (0 = none: every type sees the same batch effect).
+    dropout, dropout_scale
+        Dropout-like extra zeros: each count is zeroed with probability
+        ``dropout_level[b] * exp(-mean / dropout_scale)`` (0 = none; see the module docstring).
     """
+    if interaction_strength < 0 or not 0 <= dropout <= 1 or dropout_scale <= 0:
+        raise ValueError(f"need interaction_strength >= 0, 0 <= dropout <= 1 and dropout_scale > 0 (got "
+                         f"{interaction_strength}, {dropout}, {dropout_scale})")
     rng = np.random.default_rng(seed)
     t = _draw_truth(rng, n_cells, n_genes, n_batches, n_labels, batch_strength=batch_strength,
                     programme_size=programme_size, programme_fold=programme_fold,
                     base_mean=base_mean, library_sd=library_sd)
+    irng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_INTERACTION_STREAM,)))
+    interaction = np.exp(irng.normal(0.0, interaction_strength, size=(n_batches, n_labels, n_genes)))
+    drng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_DROPOUT_STREAM,)))
+    dropout_level = np.minimum(1.0, dropout * np.exp(drng.normal(0.0, DROPOUT_BATCH_SD, size=n_batches)))
     mean = (t["library"][:, None] * t["mu"][None, :] * t["type_factor"][t["label"]]
             * t["batch_effect"][t["batch"]])
+    if interaction_strength > 0:
+        mean = mean * interaction[t["batch"], t["label"]]
     lam = rng.gamma(shape=theta, scale=mean / theta)
     counts = rng.poisson(lam).astype(np.float32)
+    if dropout > 0:
+        p_drop = dropout_level[t["batch"]][:, None] * np.exp(-mean / dropout_scale)
+        counts[drng.random(counts.shape) < p_drop] = 0.0
 
     obs, var = _annotations(t, n_batches, n_labels, batch_key, label_key)
     adata = ad.AnnData(X=sp.csr_matrix(counts) if sparse else counts, obs=obs, var=var)
     adata.varm["batch_effect"] = t["batch_effect"].T.astype(np.float32)
     adata.uns["synthetic"] = _uns(t, seed, n_batches, n_labels, batch_strength, programme_fold,
                                   base_mean, theta, library_sd)
+    # truth for synthetic_expected_log (new keys only: the entries above are unchanged)
+    adata.varm["type_mean"] = (t["mu"][None, :] * t["type_factor"]).T.copy()
+    adata.varm["interaction"] = interaction.reshape(n_batches * n_labels, n_genes).T.copy()
+    adata.uns["synthetic"].update(
+        interaction_strength=float(interaction_strength), dropout=float(dropout),
+        dropout_scale=float(dropout_scale), dropout_level=dropout_level.astype(np.float64),
+        batch_key=str(batch_key), label_key=str(label_key), generator="make_synthetic")
     return adata
 
 
@@ -352,4 +398,7 @@ def write_synthetic_h5ad(
     return path
 
 
-__all__ = ["RNG_BLOCK_CELLS", "make_synthetic", "write_synthetic_h5ad"]
+from .synthetic_truth import synthetic_expected_log  # noqa: E402  (no cycle: it does not import this module)
+
+__all__ = ["RNG_BLOCK_CELLS", "DROPOUT_BATCH_SD", "make_synthetic", "synthetic_expected_log",
+           "write_synthetic_h5ad"]
