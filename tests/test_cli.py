@@ -65,6 +65,73 @@ def test_train_writes_a_loadable_model_with_layout(tiny):
     assert m.layout is not None and tuple(m.layout.shape) == (7, 7)
 
 
+def test_train_default_auto_preset_prints_derived_settings_and_health(tiny, tmp_path, capsys):
+    from napari_scmedal._training_report import health_lines, health_problems
+    from napari_scmedal.model import ScMEDAL
+
+    data, _, a = tiny
+    model_path = tmp_path / "auto.safetensors"
+    assert build_parser().parse_args(["train", str(data), "--batch-key", "b", "--out", "m"]).preset == "auto"
+    rc = main(["train", str(data), "--batch-key", "batch", "--label-key", "cell_line", "--genes", "30",
+               "--max-epochs", "2", "--no-layout", "--threads", "1", "--out", str(model_path)])
+    err = capsys.readouterr().err
+    assert rc == 0 and model_path.is_file()  # saved (exit 0) whatever the health says
+    m = ScMEDAL.load(model_path)
+    d = m.derived
+    assert m.preset == "auto" and d["preset"] == "auto" and d["n_train"] > 0
+    assert f"settings (auto preset, {d['n_train']} training cells):" in err
+    # one line per setting with its value and reason: derived from the data unless given
+    assert "max_epochs = 2  (given)" in err
+    bs = d["settings"]["batch_size"]
+    assert f"batch_size = {bs}  (derived: {d['n_train']} training cells" in err
+    assert f"lr = {d['settings']['lr']:g}  (derived: " in err
+    for key in ("patience", "min_epochs", "steps_per_epoch"):
+        assert f"  {key} = {d['settings'][key]}  (" in err
+    for kind in ("fe", "fec", "re"):
+        best = m.history[kind]["best_epoch"]
+        assert f"{kind.upper()}: 2 epochs, best epoch {best}, stopped: reached max epochs" in err
+    # the health stored in the file is what was printed: a line per network, a WARNING per problem
+    assert set(m.health) == {"fe", "fec", "re"}
+    assert "training health:" in err
+    for line in health_lines(m.health):
+        assert line in err
+    for p in health_problems(m.health):
+        assert f"WARNING: training health: {p}" in err
+    assert ("the model was saved, but its training health check found" in err) == bool(health_problems(m.health))
+
+
+def test_train_max_time_caps_every_network(tiny, tmp_path, capsys):
+    from napari_scmedal.model import ScMEDAL
+
+    data, _, a = tiny
+    model_path = tmp_path / "capped.safetensors"
+    rc = main(["train", str(data), "--batch-key", "batch", "--genes", "30", "--max-epochs", "200",
+               "--max-time", "0.01", "--no-layout", "--threads", "1", "--out", str(model_path)])
+    err = capsys.readouterr().err
+    assert rc == 0
+    m = ScMEDAL.load(model_path)
+    for kind in ("fe", "re"):  # each network ends after the epoch that crosses its share of the cap
+        h = m.history[kind]
+        assert h["stopped"] == "max_time" and h["best_epoch"] is not None and len(h["epochs"]) < 200
+        assert f"{kind.upper()}: {len(h['epochs'])} epoch" in err and "stopped: time cap reached" in err
+
+
+def test_health_problems_are_printed_even_when_quiet(capsys):
+    from napari_scmedal import cli
+
+    health = {"fe": {"ok": True, "problems": [], "status": "checked", "gene_mean_r2": 0.98},
+              "re": {"ok": False, "problems": ["RE reconstructs poorly; train longer."], "status": "checked",
+                     "gene_mean_r2": 0.2}}
+    assert cli.report_health(health, cli._Console(quiet=True)) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == ["[scmedal] WARNING: training health: RE: RE reconstructs poorly; train longer."]
+    assert cli.report_health(health, cli._Console()) == 1
+    err = capsys.readouterr().err
+    assert "FE ok: gene-mean R^2 0.98" in err and "RE PROBLEM: gene-mean R^2 0.20" in err
+    assert cli.report_health({"fe": {"ok": None, "problems": [], "status": "not checked"}}, cli._Console()) == 0
+    assert "FE: not checked" in capsys.readouterr().err
+
+
 def test_embed_writes_latents_and_layers_without_touching_input(tiny, tmp_path):
     data, model_path, a = tiny
     before = _digest(data)
@@ -115,12 +182,23 @@ def test_genomap_cells_groups_and_pixel_test(tiny, tmp_path):
     assert summary["pixel_test"]["batches_b"] == ["Dropseq_3cl"]
 
 
-def test_evaluate_writes_csv_and_json(tiny, tmp_path):
+def test_evaluate_writes_csv_and_json(tiny, tmp_path, capsys):
+    from napari_scmedal._training_report import health_lines, health_problems
+    from napari_scmedal.model import ScMEDAL
+
     data, model_path, a = tiny
     out = tmp_path / "ev"
-    assert main(["evaluate", str(model_path), str(data), "--target", "protocol", "--out", str(out), "-q"]) == 0
+    assert main(["evaluate", str(model_path), str(data), "--target", "protocol", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
     table = json.loads((out / "metrics.json").read_text())
     assert {"fe", "re"} <= set(table["latents"])
+    # the model's stored training health: in metrics.json and printed, each problem once as a WARNING
+    health = ScMEDAL.load(model_path).health
+    assert set(table["health"]) == set(health) == {"fe", "fec", "re"}
+    assert all(table["health"][k]["problems"] == health[k]["problems"] for k in health)
+    assert all(line in err for line in health_lines(health))
+    for p in health_problems(health):
+        assert err.count(f"WARNING: training health: {p}") == 1
     csv = pd.read_csv(out / "metrics.csv")
     assert {"latent", "grouping", "metric", "value"} <= set(csv.columns)
     assert set(csv["metric"]) >= {"asw", "inv_db", "ch"}
@@ -149,6 +227,13 @@ def test_demo_fast_runs_everything(tmp_path):
     assert "mwu_celseq2_vs_dropseq.png" in report and "Mann-Whitney" in report
     summary = json.loads((out / "summary.json").read_text())
     assert summary["mann_whitney"]["batches_b"] == ["Dropseq_3cl"]
+    # the default auto preset, with --fast's explicit 2-epoch cap; the training health is reported
+    tr = summary["training"]
+    assert tr["derived"]["preset"] == "auto" and tr["derived"]["settings"]["max_epochs"] == 2
+    assert tr["derived"]["reasons"]["max_epochs"] == "given"
+    assert tr["derived"]["reasons"]["batch_size"].startswith("derived")
+    assert set(tr["health"]) == {"fe", "fec", "re"} and set(tr["stopped"]) == {"fe", "fec", "re"}
+    assert "<h2>Training</h2>" in report and "auto preset" in report
     assert len(summary["mann_whitney"]["batches_a"]) == 4
     lat = ad.read_h5ad(out / "latents.h5ad")
     assert any("scmedal" in k.lower() for k in lat.obsm)
@@ -171,6 +256,7 @@ def test_demo_fast_runs_everything(tmp_path):
     (["train", "{data}", "--batch-key", "batch", "--device", "gpu9", "--out", "{tmp}/m.safetensors"],
      "Unknown --device"),
     (["train", "{data}", "--batch-key", "batch", "--threads", "0", "--out", "{tmp}/m.safetensors"], "--threads"),
+    (["train", "{data}", "--batch-key", "batch", "--max-time", "0", "--out", "{tmp}/m.safetensors"], "--max-time"),
     (["genomap", "{model}", "{data}", "--cells", "0", "--test", "CELseq2_3cl", "CELseq2_3cl", "--out", "{tmp}/g"],
      "both groups"),
 ])
@@ -203,6 +289,8 @@ def test_argparse_errors_and_help(capsys):
         assert e.value.code == 0
         out = capsys.readouterr().out
         assert "--seed" in out and "--threads" in out and "--device" in out
+        if cmd == "train":
+            assert "--max-time" in out and "{auto,paper,quick}" in out and "derived" in out
     p = build_parser()
     assert p.parse_args(["demo"]).out == "scmedal_demo"
 

@@ -43,15 +43,44 @@ def _viewer_with_sample(make_napari_viewer):
     return viewer, layer
 
 
-def _model_widget(viewer, genes=N_GENES, epochs=3):
+def _model_widget(viewer, genes=N_GENES, epochs=3, preset=None):
     _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "scMEDAL model")
     w.batch_combo.setCurrentText("batch")
     w.label_combo.setCurrentText("cell_line")
     w.genes_spin.setValue(genes)
-    w.preset_combo.setCurrentText("quick")
+    if preset is not None:
+        w.preset_combo.setCurrentText(preset)
     w.epochs_spin.setValue(epochs)
     w.threads_spin.setValue(1)
     return w
+
+
+def _assert_report_shows(w, model):
+    """The widget shows the settings (model.derived) and training health (model.health) the core recorded."""
+    from napari_scmedal._training_report import health_lines, health_problems, health_state, settings_lines
+
+    r, d = w.report, model.derived
+    assert r.settings_label.isVisibleTo(w)
+    text = r.settings_label.text()
+    assert f"{d['preset']} preset, {d['n_train']} training cells" in text
+    assert f"batch {d['settings']['batch_size']}" in text and f"epochs <= {d['settings']['max_epochs']}" in text
+    tip = r.settings_label.toolTip().splitlines()
+    assert tip[:len(settings_lines(d))] == settings_lines(d)
+    assert any(line.startswith("max_epochs = ") and line.endswith("(given)") for line in tip)
+    assert any(line.startswith("batch_size = ") and "(derived: " in line for line in tip) == (
+        d["reasons"]["batch_size"] != "given")
+    state = health_state(model.health)
+    assert state in ("ok", "problem") and r.state == state
+    assert r.health_label.isVisibleTo(w)
+    assert r.health_label.toolTip().splitlines() == health_lines(model.health)
+    if state == "problem":
+        problems = health_problems(model.health)
+        assert r.health_label.text().startswith("Training health: PROBLEMS")
+        assert all(p in r.health_label.text() for p in problems)
+        assert "#ff7a1a" in r.health_label.styleSheet()
+        assert w.last_warning and all(p in w.last_warning for p in problems)
+    else:
+        assert r.health_label.text().startswith("Training health: ok (FE")
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -62,12 +91,22 @@ def test_train_in_worker_adds_latent_layers_and_metrics(make_napari_viewer, qtbo
     viewer, cells = _viewer_with_sample(make_napari_viewer)
     w = _model_widget(viewer)
     assert w.grid_label.text() == "genomap 16 x 16, every pixel a gene"
+    # the data-derived "auto" preset is listed first and selected by default, with an explanation
+    presets = [w.preset_combo.itemText(i) for i in range(w.preset_combo.count())]
+    assert presets[0] == "auto" and set(presets) == {"auto", "quick", "paper"}
+    assert w.preset_combo.currentText() == "auto" and "derived" in w.preset_combo.toolTip()
+    assert w.time_spin.value() == 0 and w.time_spin.text() == "no limit"
+    assert not w.report.health_label.isVisibleTo(w)
+    w.time_spin.setValue(3600)  # a cap that does not bind: the run is the same as without one
     w.train_btn.click()
     assert w.busy and not w.train_btn.isEnabled()  # the work runs in a worker, the UI is free
     qtbot.waitUntil(lambda: not w.busy and w.metrics is not None, timeout=TIMEOUT_MS)
     assert w.last_error is None
     model = w.model
     assert model.trained_kinds == ["fe", "fec", "re"]
+    assert model.preset == "auto" and model.derived["settings"]["max_epochs"] == 3
+    assert all(model.history[k]["stopped"] == "max_epochs" for k in ("fe", "fec", "re"))
+    _assert_report_shows(w, model)
     # live progress reached the loss canvas for every network, one point per epoch
     for kind in ("fe", "fec", "re"):
         assert len(w.loss_canvas.curves[kind]["val/total"]) == 3
@@ -99,8 +138,8 @@ def test_train_in_worker_adds_latent_layers_and_metrics(make_napari_viewer, qtbo
     assert all(np.allclose(fc[lines == x], fc[lines == x][0]) for x in np.unique(lines))
     # settings are remembered by a new widget
     w2 = ModelWidget(viewer)
-    assert w2.genes_spin.value() == N_GENES and w2.preset_combo.currentText() == "quick"
-    assert w2.epochs_spin.value() == 3
+    assert w2.genes_spin.value() == N_GENES and w2.preset_combo.currentText() == "auto"
+    assert w2.epochs_spin.value() == 3 and w2.time_spin.value() == 3600
 
 
 def test_cancel_keeps_the_best_model(make_napari_viewer, qtbot):
@@ -122,6 +161,76 @@ def test_cancel_keeps_the_best_model(make_napari_viewer, qtbot):
     assert "cancelled" in w.status_label.text()
     assert "CellBench sample | FE latent" in viewer.layers
     assert "CellBench sample | RE latent" not in viewer.layers
+
+
+def test_time_cap_stops_every_network_with_its_best_weights(make_napari_viewer, qtbot):
+    from napari.utils.notifications import notification_manager
+
+    viewer, _ = _viewer_with_sample(make_napari_viewer)
+    w = _model_widget(viewer, genes=64, epochs=500)
+    w.metrics_check.setChecked(False)
+    w.time_spin.setValue(1)  # one second for FE, FEC and RE together
+    seen = []
+    notification_manager.notification_ready.connect(seen.append)
+    try:
+        w.train_btn.click()
+        qtbot.waitUntil(lambda: not w.busy and w.model is not None, timeout=TIMEOUT_MS)
+    finally:
+        notification_manager.notification_ready.disconnect(seen.append)
+    # the core's TrainingHealthWarnings (raised in the worker thread) become one notification, from model.health
+    health_notes = [n.message for n in seen if "training health" in n.message or "training-health" in n.message]
+    assert health_notes == ([w.last_warning] if w.model.health and any(
+        h["problems"] for h in w.model.health.values()) else [])
+    assert w.last_error is None
+    model = w.model
+    assert model.trained_kinds == ["fe", "fec", "re"]
+    for kind in ("fe", "fec", "re"):  # auto waits >= 20 epochs before early stopping: the cap binds first
+        h = model.history[kind]
+        assert h["stopped"] == "max_time" and h["best_epoch"] is not None and len(h["epochs"]) < 500
+    assert "time cap reached" in w.status_label.text()
+    assert "stopped: time cap reached" in w.report.settings_label.toolTip()
+    _assert_report_shows(w, model)
+
+
+def test_health_problems_show_a_warning_label_and_a_notification(make_napari_viewer, qtbot, trained):
+    from napari.utils.notifications import NotificationSeverity, notification_manager
+
+    from napari_scmedal.models.health import NOT_CHECKED
+
+    model, _ = trained
+    viewer, _ = _viewer_with_sample(make_napari_viewer)
+    w = _model_widget(viewer)
+    w.metrics_check.setChecked(False)
+    seen = []
+    notification_manager.notification_ready.connect(seen.append)
+
+    def health_warnings():
+        return [n for n in seen if n.severity == NotificationSeverity.WARNING and "training-health" in n.message]
+
+    old = model.health
+    problem = "RE reconstructs the per-gene means poorly (R^2 0.12 < 0.9): it is undertrained; train longer."
+    try:
+        model.health = {"fe": {"ok": True, "problems": [], "status": "checked", "gene_mean_r2": 0.97},
+                        "re": {"ok": False, "problems": [problem], "status": "checked", "gene_mean_r2": 0.12}}
+        w.set_model(model, "CellBench sample")
+        qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT_MS)
+        label = w.report.health_label
+        assert label.isVisibleTo(w) and w.report.state == "problem"
+        assert label.text() == f"Training health: PROBLEMS\n\u2022 RE: {problem}"
+        assert "#ff7a1a" in label.styleSheet()
+        assert label.toolTip().splitlines()[0].startswith("FE ok: gene-mean R^2 0.97")
+        (note,) = health_warnings()
+        assert f"RE: {problem}" in note.message and note.message == w.last_warning
+        # a model file saved before the health checks: said so, in grey, without a notification
+        model.health = {k: dict(NOT_CHECKED) for k in model.trained_kinds}
+        w.set_model(model, "CellBench sample")
+        qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT_MS)
+        assert w.report.state == "not checked" and "not checked" in label.text()
+        assert "#ff7a1a" not in label.styleSheet()
+        assert len(health_warnings()) == 1
+    finally:
+        model.health = old
+        notification_manager.notification_ready.disconnect(seen.append)
 
 
 def test_save_then_load_checks_the_model_fits_the_data(make_napari_viewer, qtbot, trained, tmp_path):
@@ -155,6 +264,10 @@ def test_save_then_load_checks_the_model_fits_the_data(make_napari_viewer, qtbot
     qtbot.waitUntil(lambda: not w.busy and "CellBench sample | RE latent" in viewer.layers, timeout=TIMEOUT_MS)
     assert w.last_error is None
     assert w.model is not model and w.model.genes == model.genes
+    from napari_scmedal._training_report import health_problems
+
+    assert health_problems(w.model.health) == health_problems(model.health) and w.model.derived["preset"] == "quick"
+    _assert_report_shows(w, w.model)  # settings and health come back from the file
     np.testing.assert_allclose(w.model.get_latent_representation("fe", adata=adata),
                                model.get_latent_representation("fe", adata=adata), atol=1e-5)
 

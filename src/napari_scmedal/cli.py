@@ -1,4 +1,4 @@
-"""The ``scmedal`` command: train, embed, genomap, evaluate and the end-to-end demo.
+"""The ``scmedal`` command: train, embed, genomap, evaluate, holdout and the end-to-end demo.
 
 Every subcommand is a thin layer over the core (:class:`~napari_scmedal.ScMEDAL`,
 :mod:`~napari_scmedal.compare`, :mod:`~napari_scmedal.analysis`, :mod:`~napari_scmedal.figures`,
@@ -170,11 +170,62 @@ class _TrainProgress:
         self.bars.clear()
 
 
-def _load_model(path, args):
+def _warn(msg: str) -> None:
+    """A warning the user must see: on stderr even with --quiet (like errors); the exit code is unchanged."""
+    print(f"[{PROG}] WARNING: {msg}", file=sys.stderr, flush=True)
+
+
+def _train_model(model, **kw):
+    """``model.train(**kw)`` without Python's own TrainingHealthWarning output: the command prints the same
+    problems itself afterwards, from ``model.health`` (report_training)."""
+    import warnings
+
+    from .errors import TrainingHealthWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TrainingHealthWarning)
+        return model.train(**kw)
+
+
+def report_training(model, con: _Console) -> int:
+    """After ``train()``: the settings it used (value and reason, one line each), how each network stopped
+    and the training health (docs/model.md "Training health"). Returns the number of health problems."""
+    from ._training_report import settings_lines, stop_lines
+
+    d = model.derived or {}
+    if d:
+        con.say(f"settings ({d.get('preset')} preset, {d.get('n_train')} training cells):")
+        for line in settings_lines(d):
+            con.say(f"  {line}")
+    for line in stop_lines(model.history):
+        con.say(line)
+    return report_health(model.health, con)
+
+
+def report_health(health, con: _Console, full: bool = True) -> int:
+    """``model.health``: one line per network (``full``) and every problem as a WARNING line, printed even
+    with --quiet. Returns the number of problems."""
+    from ._training_report import health_lines, health_problems
+
+    if full and health:
+        con.say("training health:")
+        for line in health_lines(health):
+            con.say(f"  {line}")
+    problems = health_problems(health)
+    for p in problems:
+        _warn(f"training health: {p}")
+    return len(problems)
+
+
+def _load_model(path, args, health: bool = True):
+    """The model file (``health``: print WARNING lines for the training-health problems stored in it)."""
     from .model import ScMEDAL
 
     p = _existing_file(path, "model file")
     model = ScMEDAL.load(p, **_device_kw(ScMEDAL.load, args))
+    if health and report_health(getattr(model, "health", None), _Console(quiet=True), full=False):
+        _warn(f"{p.name} was saved with the training-health problems above; its outputs may be unreliable "
+              "('scmedal evaluate' shows its health).")
     return model, p
 
 
@@ -238,6 +289,8 @@ def _train(args, con: _Console, comm) -> int:
         raise UsageError(f"--chunk-cells must be at least 1 (got {args.chunk_cells}).")
     if args.steps_per_epoch is not None and args.steps_per_epoch < 1:
         raise UsageError(f"--steps-per-epoch must be at least 1 (got {args.steps_per_epoch}).")
+    if args.max_time is not None and not args.max_time > 0:
+        raise UsageError(f"--max-time must be a positive number of seconds (got {args.max_time:g}).")
     kw = dict(batch_key=args.batch_key, label_key=args.label_key, seed=args.seed, preset=args.preset)
     if args.genes is not None:
         kw["n_genes"] = args.genes
@@ -267,12 +320,14 @@ def _train(args, con: _Console, comm) -> int:
     bars = _TrainProgress(enabled=not args.quiet and main)
     t0 = time.perf_counter()
     try:
-        model.train(max_epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, progress=bars,
-                    precision=args.precision, max_steps_per_epoch=args.steps_per_epoch)
+        _train_model(model, max_epochs=args.epochs, patience=args.patience, batch_size=args.batch_size,
+                     progress=bars, precision=args.precision, max_steps_per_epoch=args.steps_per_epoch,
+                     max_time=args.max_time)
     finally:
         bars.close()
     con.say(f"trained in {time.perf_counter() - t0:.1f} s")
     if main:
+        n_problems = report_training(model, con)
         if args.layout:
             from .compare import ensure_layout
 
@@ -280,6 +335,9 @@ def _train(args, con: _Console, comm) -> int:
             ensure_layout(model, seed=args.seed)
         model.save(out)  # atomic: a temporary file in the same folder, then renamed
         con.say(f"wrote {out}")
+        if n_problems:
+            _warn(f"the model was saved, but its training health check found {n_problems} problem(s) (above): "
+                  "check them before trusting its latents and counterfactuals.")
     if comm is not None:
         comm.barrier()  # the other ranks wait until rank 0 has written the model
     return 0
@@ -523,18 +581,103 @@ def _write_metrics(table: dict, out: Path) -> list[str]:
 def cmd_evaluate(args, con: _Console) -> int:
     from .metrics import evaluate_model
 
-    model, model_path = _load_model(args.model, args)
+    model, model_path = _load_model(args.model, args, health=False)  # the full health report follows below
     adata, data_path = _read_data(args.data, layer=args.layer, backed=args.backed)
     out = _check_output_dir(args.out, [data_path, model_path])
     con.say(f"evaluating on the {args.split} split (METHOD.md section 4)")
     table = evaluate_model(model, args.split, subsample=args.subsample, seed=args.seed, target=args.target,
                            held_out_batches=args.held_out_batches, adata=adata)
+    table["health"] = model.health  # the training health stored in the model file
     files = _write_metrics(table, out)
     for kind, s in table["latents"].items():
         b = s["batch"]
         con.say(f"{kind.upper():4s} batch ASW {b['asw']:+.3f}"
                 + (f", label ASW {s['label']['asw']:+.3f}" if s.get("label") else ""))
+    report_health(model.health, con)
     con.say(f"wrote {', '.join(files)}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# holdout
+# ----------------------------------------------------------------------------------------------
+def _parse_pairs(values, labels, batches) -> list[tuple[str, str]] | None:
+    """``["H1975:Dropseq_3cl,A549:CELseq2_5cl_p1"]`` -> pairs; the split point is the ':' that leaves a
+    known label and a known batch (names may contain ':')."""
+    items = _split_list(values)
+    if not items:
+        return None
+    pairs = []
+    for item in items:
+        cands = [(item[:i], item[i + 1:]) for i, ch in enumerate(item) if ch == ":"]
+        ok = [c for c in cands if c[0] in labels and c[1] in batches]
+        if not ok:
+            raise UsageError(f"--pairs entry {item!r} is not LABEL:BATCH with a known label and batch "
+                             f"(labels: {sorted(labels)[:8]}, batches: {sorted(batches)[:8]}).")
+        pairs.append(ok[0])
+    return pairs
+
+
+def holdout_summary(df) -> "Any":
+    """Mean score per method over the pairs (and the number of pairs)."""
+    cols = [c for c in ("r2_all", "r2_top100", "shift_corr", "cell_rmse") if df[c].notna().any()]
+    out = df.groupby("method", sort=False)[cols].mean()
+    out.insert(0, "pairs", df.groupby("method", sort=False).size())
+    return out
+
+
+def cmd_holdout(args, con: _Console) -> int:
+    import tempfile
+
+    from .analysis import write_csv
+    from .holdout import counterfactual_holdout, synthetic_truth
+
+    adata, data_path = _read_data(args.data, layer=args.layer)
+    out = _check_output_dir(args.out, [data_path])
+    try:  # fail now, not after hours of training
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".scmedal-write-test-"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"The output folder {str(out)!r} is not writable ({exc.strerror}). Choose another --out.") from None
+    for key, opt in ((args.batch_key, "--batch-key"), (args.label_key, "--label-key")):
+        if key not in adata.obs.columns:
+            raise UsageError(f"{opt} {key!r} is not an obs column of {data_path.name} (available: "
+                             f"{[str(c) for c in adata.obs.columns]}).")
+    pairs = _parse_pairs(args.pairs, set(adata.obs[args.label_key].astype(str)),
+                         set(adata.obs[args.batch_key].astype(str)))
+    settings = {k: v for k, v in (("preset", args.preset), ("n_genes", args.genes), ("max_epochs", args.max_epochs),
+                                  ("patience", args.patience), ("batch_size", args.batch_size),
+                                  ("max_time", args.max_time), ("device", args.device), ("threads", args.threads))
+                if v is not None}
+    baselines = [b for b in _split_list([args.baselines]) if b != "none"]
+    truth = None
+    if args.synthetic_truth:
+        if "synthetic" not in adata.uns:
+            raise UsageError("--synthetic-truth needs data written by make_synthetic (uns['synthetic']).")
+        truth = synthetic_truth()
+    bars = _TrainProgress(enabled=not args.quiet)
+
+    def progress(info):
+        if info.get("stage") == "train":
+            return bars(info)
+        bars.close()
+        r = {row["method"]: row["r2_all"] for row in info.get("rows", [])}
+        con.say(f"pair {info['pair']}/{info['n_pairs']} {info['label']} -> {info['target_batch']}: trained in "
+                f"{info['train_s']:.0f} s; r2_all " + ", ".join(f"{k} {v:.3f}" for k, v in r.items()))
+
+    con.say(f"read {data_path.name}: {adata.n_obs} cells x {adata.n_vars} genes; one model per held-out pair")
+    try:
+        df = counterfactual_holdout(adata, args.batch_key, args.label_key, pairs=pairs, min_cells=args.min_cells,
+                                    methods=_split_list([args.methods]), baselines=baselines, seed=args.seed,
+                                    progress=progress, truth=truth, **settings)
+    finally:
+        bars.close()
+    path = write_csv(df, out / "holdout.csv")
+    import pandas as pd
+
+    with pd.option_context("display.width", 200, "display.float_format", "{:.3f}".format):
+        print(holdout_summary(df).to_string())
+    con.say(f"wrote {path}")
     return 0
 
 
@@ -596,7 +739,8 @@ def cmd_demo(args, con: _Console) -> int:
 
     # 1. train -------------------------------------------------------------------------------
     t0 = time.perf_counter()
-    kw = dict(batch_key=batch_key, label_key=label_key, n_genes=cfg["n_genes"], seed=args.seed, preset="quick")
+    # the default "auto" preset: batch size, lr, epochs and patience derived from the number of training cells
+    kw = dict(batch_key=batch_key, label_key=label_key, n_genes=cfg["n_genes"], seed=args.seed)
     if args.device is not None:
         kw["device"] = args.device
     if args.threads is not None:
@@ -604,11 +748,13 @@ def cmd_demo(args, con: _Console) -> int:
     model = ScMEDAL(adata, **kw)
     bars = _TrainProgress(enabled=not args.quiet)
     try:
-        model.train(max_epochs=cfg["epochs"], progress=bars)
+        _train_model(model, max_epochs=cfg["epochs"], progress=bars)  # epochs: None = derived; --fast caps at 2
     finally:
         bars.close()
     timings["train_s"] = time.perf_counter() - t0
     con.say(f"trained FE, FEC and RE in {timings['train_s']:.1f} s")
+    if report_training(model, con) and cfg["epochs"] is not None:
+        con.say(f"(the epochs were capped at {cfg['epochs']} for speed, so health problems are expected)")
 
     # 2. genomap layout ----------------------------------------------------------------------
     t0 = time.perf_counter()
@@ -688,6 +834,8 @@ def cmd_demo(args, con: _Console) -> int:
         "data": {"cells": int(adata.n_obs), "genes_in_file": int(adata.n_vars), "model_genes": len(model.genes),
                  "batches": batches, "cell_lines": lines, "fast": bool(args.fast)},
         "layout_shape": list(layout.shape), "timings_s": timings, "seed": args.seed,
+        "training": {"derived": model.derived, "health": model.health,
+                     "stopped": {k: h.get("stopped") for k, h in model.history.items()}},
         "mann_whitney": {"batches_a": a, "batches_b": bb, "cells": int(len(mwu_idx)),
                          "significant_pixels": int(res.significant.sum()), "tested_pixels": int(len(res.table))},
         "files": {"model": str(model_path), "latents": str(out / "latents.h5ad"), "metrics": metric_files,
@@ -738,6 +886,19 @@ def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(name))
 
 
+def _training_html(model) -> str:
+    """The report's training section: settings used (and why), how each network stopped, training health."""
+    from ._training_report import health_lines, health_problems, settings_summary, stop_lines
+
+    e = html.escape
+    items = "".join(f"<li>{e(x)}</li>" for x in stop_lines(model.history) + health_lines(model.health))
+    problems = health_problems(model.health)
+    warn = ("<p style='color:#b34700'><b>Training health problems:</b></p><ul style='color:#b34700'>"
+            + "".join(f"<li>{e(p)}</li>" for p in problems) + "</ul>") if problems else ""
+    return (f"<h2>Training</h2><p>Settings: {e(settings_summary(model.derived) or 'not recorded')}.</p>"
+            f"<ul>{items}</ul>{warn}")
+
+
 def _report_html(summary, table, panels, res, formats, model) -> str:
     import pandas as pd
 
@@ -772,6 +933,7 @@ def _report_html(summary, table, panels, res, formats, model) -> str:
         f"{e(', '.join(d['cell_lines']))}.{' <b>Reduced --fast mode.</b>' if d['fast'] else ''}</p>",
         f"<p>Training {t['train_s']:.0f} s, genomap layout {t['layout_s']:.0f} s, total {t['total_s']:.0f} s. "
         f"Model: <code>model.safetensors</code>; latents: <code>latents.h5ad</code> (obsm).</p>",
+        _training_html(model),
         "<h2>Latent-space metrics (test split, METHOD.md section 4)</h2>",
         "<p>Batch-invariant latents (FE, FEC) want low batch scores and high cell-line scores; the RE latent "
         "wants high batch scores. Files: <code>metrics.csv</code>, <code>metrics.json</code>.</p>",
@@ -784,11 +946,11 @@ def _report_html(summary, table, panels, res, formats, model) -> str:
         "attributes to moving the cells to batch b. Red circles: the 10 genes varying most across the "
         "counterfactual batches. The arrays of every version (also <i>Counterfactual &rarr; b - Original</i>) "
         "are in the <code>.npz</code> files.</p>",
-        "<p><b>Reading the counterfactuals.</b> They use the default <code>method=\"matched\"</code> "
-        "(docs/model.md, \"Counterfactuals\"): on this sample they move cells toward the target batch's "
-        "mean for their cell line across protocols (CEL-seq2 &lt;-&gt; Drop-seq); between the CEL-seq2 plates "
-        "the real differences are about the size of sampling noise and the counterfactual shifts are not "
-        "reliable there. The Mann-Whitney test treats every cell x batch genomap as an independent sample, "
+        "<p><b>Reading the counterfactuals.</b> They use the default <code>method=\"balanced\"</code> "
+        "(docs/model.md, \"Counterfactuals\"): each cell's RE reconstruction changed by the batch change "
+        "measured on its own cell line where that line was seen in both batches, else on the other lines "
+        "(extrapolated, flagged). Between the CEL-seq2 plates the real differences are about the size of "
+        "sampling noise. The Mann-Whitney test treats every cell x batch genomap as an independent sample, "
         "as the paper does, so its p-values are optimistic.</p>",
         f"<h3>Overview: one row per cell line</h3><img src='genomap_overview.{img_ext}'>",
     ]
@@ -846,11 +1008,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-key", required=True, help="obs column with the batch (donor, sample, run...)")
     t.add_argument("--label-key", default=None, help="obs column with cell types (adds the FEC model)")
     t.add_argument("--genes", type=int, default=None, help="number of highly variable genes (default: preset's)")
-    t.add_argument("--preset", choices=["paper", "quick"], default="paper",
-                   help="'paper': the reference settings (up to 500 epochs); 'quick': minutes on a laptop")
-    t.add_argument("--epochs", type=int, default=None, help="maximum epochs per network (default: preset's)")
-    t.add_argument("--patience", type=int, default=None, help="early-stopping patience (default: preset's)")
-    t.add_argument("--batch-size", type=int, default=None, help="minibatch size (default: preset's)")
+    t.add_argument("--preset", choices=["auto", "paper", "quick"], default="auto",
+                   help="'auto' (default): batch size, learning rate, epochs and patience derived from the number of "
+                        "training cells; 'paper': the reference settings, meant for tens of thousands of cells "
+                        "(batch 512, lr 1e-4, up to 500 epochs); 'quick': fixed laptop settings (batch 64, lr 1e-3, "
+                        "up to 150 epochs)")
+    t.add_argument("--epochs", "--max-epochs", dest="epochs", type=int, default=None,
+                   help="maximum epochs per network (default: the preset's, derived from the data with 'auto')")
+    t.add_argument("--patience", type=int, default=None, help="early-stopping patience (default: the preset's)")
+    t.add_argument("--batch-size", type=int, default=None, help="minibatch size (default: the preset's)")
+    t.add_argument("--max-time", type=float, default=None, metavar="SECONDS",
+                   help="cap the whole training at about this many seconds: each network stops at the end of the "
+                        "epoch that crosses its share, keeping its best weights (default: no cap)")
     t.add_argument("--layer", default=None, help="use this layer instead of X (e.g. counts)")
     t.add_argument("--layout", action=argparse.BooleanOptionalAction, default=True,
                    help="compute the genomap layout now and store it in the model file (default: yes)")
@@ -927,16 +1096,46 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", required=True, metavar="DIR")
     ev.set_defaults(func=cmd_evaluate)
 
+    ho = sub.add_parser("holdout", parents=[common], help="counterfactual accuracy on held-out cell type x batch "
+                        "pairs, with baselines", description="For each (label, target batch) pair, train a model without "
+                        "those cells, send the label's cells of the other batches into the target batch and compare "
+                        "the mean prediction with the held-out cells' mean (or the exact synthetic truth). Writes "
+                        "holdout.csv (one row per pair and method/baseline) and prints the mean per method.")
+    ho.add_argument("data", metavar="DATA.h5ad")
+    ho.add_argument("--batch-key", required=True, help="obs column with the batch")
+    ho.add_argument("--label-key", required=True, help="obs column with cell types")
+    ho.add_argument("--pairs", action="append", metavar="LABEL:BATCH[,LABEL:BATCH]",
+                    help="pairs to hold out (default: every pair with --min-cells cells on both sides)")
+    ho.add_argument("--min-cells", type=int, default=30, help="cells a default pair needs (default 30)")
+    ho.add_argument("--methods", default="balanced", help="counterfactual methods, comma-separated (default: "
+                    "balanced, the model's default; also matched, reference)")
+    ho.add_argument("--baselines", default="identity,mean_shift,balanced_shift",
+                    help="baselines, comma-separated, or 'none' (default identity,mean_shift,balanced_shift)")
+    ho.add_argument("--preset", default=None, help="training preset (default: the model's default)")
+    ho.add_argument("--genes", type=int, default=None, help="highly variable genes per model (default: the model's)")
+    ho.add_argument("--max-epochs", type=int, default=None, help="maximum epochs per network")
+    ho.add_argument("--patience", type=int, default=None, help="early-stopping patience")
+    ho.add_argument("--batch-size", type=int, default=None, help="minibatch size")
+    ho.add_argument("--max-time", type=float, default=None, help="seconds per model (all its networks)")
+    ho.add_argument("--synthetic-truth", action="store_true",
+                    help="score against the exact expected expression of make_synthetic data (uns['synthetic'])")
+    ho.add_argument("--layer", default=None, help="use this layer instead of X")
+    ho.add_argument("--out", required=True, metavar="DIR", help="output folder (holdout.csv)")
+    ho.set_defaults(func=cmd_holdout)
+
     d = sub.add_parser("demo", parents=[common], help="end-to-end demo on the bundled CellBench sample",
-                       description="Train scMEDAL (quick preset) on the bundled CellBench sample, write latents, "
+                       description="Train scMEDAL (default 'auto' preset: settings derived from the data) on the "
+                                   "bundled CellBench sample, write latents, "
                                    "metrics, genomap panels per cell line, top genes, a Mann-Whitney example "
                                    "(CEL-seq2 vs Drop-seq) and report.html; then open napari when a display is "
                                    "available.")
     d.add_argument("--out", default="scmedal_demo", metavar="DIR", help="output folder (default ./scmedal_demo)")
     d.add_argument("--fast", action="store_true",
-                   help="reduced mode for tests: fewer cells, 64 genes, 2 epochs (everything still runs)")
+                   help="reduced mode for tests: fewer cells, 64 genes, at most 2 epochs per network (everything "
+                        "still runs; expect training-health warnings)")
     d.add_argument("--genes", type=int, default=None, help="model genes (default 1024 = 32 x 32 genomaps)")
-    d.add_argument("--epochs", type=int, default=None, help="maximum epochs per network (default: quick preset's)")
+    d.add_argument("--epochs", "--max-epochs", dest="epochs", type=int, default=None,
+                   help="maximum epochs per network (default: derived from the data by the 'auto' preset)")
     d.add_argument("--formats", default="png", help="figure formats, comma-separated (default png)")
     d.add_argument("--dpi", type=int, default=150, help="figure resolution (default 150)")
     d.add_argument("--no-viewer", action="store_true", help="do not open napari at the end")

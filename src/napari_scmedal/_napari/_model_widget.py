@@ -9,10 +9,13 @@ from __future__ import annotations
 import math
 import threading
 import time
+import warnings
 
 import numpy as np
 from napari.qt.threading import create_worker
 from napari.utils import progress as napari_progress
+from napari.utils.notifications import show_warning
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -30,11 +33,20 @@ from qtpy.QtWidgets import (
 )
 
 from ._common import MODEL_KEY, Bridge, cells_layers, notify_error, notify_info, obs_columns
+from ._health_view import TrainingReport
 from ._layers import ADATA_KEY, cells_layer_data, pca_2d
 from ._settings import load_settings, save_settings
 
 SECTION = "model_widget"
 NONE_LABEL = "(none)"
+#: Presets offered (the first is the default) and their tooltips.
+PRESETS = {
+    "auto": "Default: batch size, learning rate, epochs, patience and the minimum number of epochs are derived "
+            "from the number of training cells (shown after training).",
+    "quick": "Fixed laptop settings: batch 64, lr 1e-3, up to 150 epochs, patience 10.",
+    "paper": "The reference settings, meant for tens of thousands of cells: batch 512, lr 1e-4, up to 500 "
+             "epochs, patience 30.",
+}
 LATENT_NAMES = {"fe": "FE latent", "fec": "FEC latent", "re": "RE latent"}
 
 
@@ -114,7 +126,8 @@ class LossCanvas(QWidget):
 
 
 class ModelWidget(QWidget):
-    """Train (quick or paper preset), cancel, save and load scMEDAL; FE/RE latent layers; metrics."""
+    """Train (auto, quick or paper preset; optional time cap), cancel, save and load scMEDAL; the settings
+    used and the training health; FE/RE latent layers; metrics."""
 
     def __init__(self, napari_viewer):
         super().__init__()
@@ -124,6 +137,7 @@ class ModelWidget(QWidget):
         self.metrics = None
         self.last_error = None
         self.last_info = None
+        self.last_warning = None
         self.workers = []
         self._cancel = threading.Event()
         self._pbar = None
@@ -141,7 +155,10 @@ class ModelWidget(QWidget):
         self.genes_spin.setValue(2916)
         self.grid_label = QLabel()
         self.preset_combo = QComboBox()
-        self.preset_combo.addItems(["quick", "paper"])
+        self.preset_combo.addItems(list(PRESETS))  # "auto" first: the default
+        for i, tip in enumerate(PRESETS.values()):
+            self.preset_combo.setItemData(i, tip, Qt.ItemDataRole.ToolTipRole)
+        self.preset_combo.setToolTip("\n".join(f"{k}: {v}" for k, v in PRESETS.items()))
         self.epochs_spin = QSpinBox()
         self.epochs_spin.setRange(0, 10000)
         self.epochs_spin.setSpecialValueText("preset default")
@@ -151,6 +168,12 @@ class ModelWidget(QWidget):
         self.batch_spin = QSpinBox()
         self.batch_spin.setRange(0, 1_000_000)
         self.batch_spin.setSpecialValueText("preset default")
+        self.time_spin = QSpinBox()
+        self.time_spin.setRange(0, 10_000_000)
+        self.time_spin.setSuffix(" s")
+        self.time_spin.setSpecialValueText("no limit")
+        self.time_spin.setToolTip("Cap the whole training at about this many seconds: each network stops at the "
+                                  "end of the epoch that crosses its share and keeps its best weights. 0 = no limit.")
         self.device_combo = QComboBox()
         self.device_combo.addItems(self._devices())
         self.threads_spin = QSpinBox()
@@ -165,6 +188,7 @@ class ModelWidget(QWidget):
         form.addRow("max epochs", self.epochs_spin)
         form.addRow("patience", self.patience_spin)
         form.addRow("batch size", self.batch_spin)
+        form.addRow("time cap", self.time_spin)
         form.addRow("device", self.device_combo)
         form.addRow("threads", self.threads_spin)
         root.addLayout(form)
@@ -186,6 +210,8 @@ class ModelWidget(QWidget):
         self.status_label = QLabel("No model yet: train one or load a saved model.")
         self.status_label.setWordWrap(True)
         root.addWidget(self.status_label)
+        self.report = TrainingReport()  # settings used and training health of the current model
+        root.addWidget(self.report)
         self.loss_canvas = LossCanvas()
         root.addWidget(self.loss_canvas)
 
@@ -242,6 +268,7 @@ class ModelWidget(QWidget):
             "max_epochs": self.epochs_spin.value(),
             "patience": self.patience_spin.value(),
             "batch_size": self.batch_spin.value(),
+            "max_time": self.time_spin.value(),
             "device": self.device_combo.currentText(),
             "threads": self.threads_spin.value(),
             "color_by": self.color_combo.currentText(),
@@ -253,7 +280,7 @@ class ModelWidget(QWidget):
         self._wanted_keys = (s.get("batch_key"), s.get("label_key"))
         for spin, key in ((self.genes_spin, "n_genes"), (self.epochs_spin, "max_epochs"),
                           (self.patience_spin, "patience"), (self.batch_spin, "batch_size"),
-                          (self.threads_spin, "threads")):
+                          (self.time_spin, "max_time"), (self.threads_spin, "threads")):
             if isinstance(s.get(key), int):
                 spin.setValue(s[key])
         for combo, key in ((self.preset_combo, "preset"), (self.device_combo, "device"),
@@ -338,17 +365,22 @@ class ModelWidget(QWidget):
             max_epochs=s["max_epochs"] or None,
             patience=s["patience"] or None,
             batch_size=s["batch_size"] or None,
+            max_time=s["max_time"] or None,
         )
         self._cancel = threading.Event()
         self.loss_canvas.reset()
+        self.report.clear()
         self.status_label.setText("Preparing data...")
         bridge, cancel = self._bridge, self._cancel
 
         def _train():
+            from napari_scmedal.errors import TrainingHealthWarning
             from napari_scmedal.model import ScMEDAL
 
             model = ScMEDAL(adata, **ctor)
-            model.train(progress=bridge.message.emit, cancel=cancel, **fit)
+            with warnings.catch_warnings():  # shown once, from model.health, when the model is ready
+                warnings.simplefilter("ignore", TrainingHealthWarning)
+                model.train(progress=bridge.message.emit, cancel=cancel, **fit)
             return model
 
         self._run(_train, lambda model: self._on_model_ready(model, layer, "trained"), training=True)
@@ -484,6 +516,10 @@ class ModelWidget(QWidget):
         layer.metadata[MODEL_KEY] = model
         self.save_btn.setEnabled(True)
         stopped = " (cancelled: best weights kept)" if self._cancel.is_set() else ""
+        if how == "trained" and not stopped and any(
+                (h or {}).get("stopped") == "max_time" for h in (getattr(model, "history", None) or {}).values()):
+            stopped = " (time cap reached: best weights kept)"
+        self.show_training_report(model, how)
         self.status_label.setText(f"Model {how}{stopped}. Adding latent layers...")
         adata = layer.metadata[ADATA_KEY]
         kinds = list(getattr(model, "trained_kinds", None) or ["fe", "re"])
@@ -508,6 +544,14 @@ class ModelWidget(QWidget):
                 self.compute_metrics()
 
         self._run(_latents, _done)
+
+    def show_training_report(self, model, how="provided"):
+        """Show the model's training settings and health (read from ``model.derived`` / ``model.health``);
+        health problems also become a napari warning notification."""
+        problems = self.report.show_model(model)
+        if problems:
+            self.last_warning = f"scMEDAL model {how} with training-health problems:\n" + "\n".join(problems)
+            show_warning(self.last_warning)
 
     def _color_key(self, model):
         recipe = model.recipe
