@@ -151,7 +151,22 @@ def main():
     ap.add_argument("--scvi-epochs", type=int, default=200)
     ap.add_argument("--truth-draws", type=int, default=32)
     ap.add_argument("--device", default=None)
+    ap.add_argument("--stem", default=None, help="results file name (default cf_holdout); lets seeds run in "
+                    "parallel processes")
+    ap.add_argument("--merge", nargs="+", default=None, help="merge these result .json files (seeds run in "
+                    "separate processes) into --stem and exit")
     args = ap.parse_args()
+    if args.merge:
+        parts = [json.loads(Path(f).read_text()) for f in args.merge]
+        merged = dict(parts[0])
+        merged["rows"] = [r for p in parts for r in p["rows"]]
+        merged["config"] = dict(merged["config"], seeds=sorted({s for p in parts for s in p["config"]["seeds"]}))
+        merged["time_s"] = {k: v for p in parts for k, v in p["time_s"].items()}
+        merged["summary"] = summarise(merged["rows"])
+        stem = args.stem or "cf_holdout"
+        (OUT / f"{stem}.json").write_text(json.dumps(merged, indent=1, default=float))
+        (OUT / f"{stem}.md").write_text(render(merged))
+        return
     syn = dict(n_cells=1500, n_genes=500, n_batches=3, n_labels=4, interaction_strength=0.3, dropout=0.3)
     syn_genes = 400
     if args.quick:
@@ -185,7 +200,7 @@ def main():
                          "preset": args.preset or "default", "max_epochs": args.max_epochs,
                          "max_pairs": args.max_pairs, "vae_steps": args.vae_steps, "dropseq_only": args.dropseq_only},
               "scvi": scvi_status(), "rows": [], "time_s": {}}
-    stem = "cf_holdout.quick" if args.quick else "cf_holdout"
+    stem = args.stem or ("cf_holdout.quick" if args.quick else "cf_holdout")
     OUT.mkdir(exist_ok=True)
 
     def dump():

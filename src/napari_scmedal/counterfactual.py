@@ -9,20 +9,21 @@ and estimates the batch change where the data can support it:
    with labels and the cell's label is known; otherwise the majority group of its 15 nearest anchor cells
    in the batch-invariant FE latent (labels transfer across batches there; without labels the anchors'
    groups are k-means clusters of the FE latent).
-2. **What the batch changes** -- per gene, two estimates of the change from the source to the target
-   batch, each within the group (``own``) and averaged over every group present in both batches
-   (``balanced``: composition-free, unlike a global batch mean), blended by the evidence
-   ``w = n / (n + SHRINK_CELLS)`` (``n``: harmonic mean of the group's cell counts in the two batches):
-   a *multiplicative* one, the log ratio of mean normalised expression (counts per 10,000, not logs),
-   and an *additive* one, the difference of mean log1p expression. A group absent from the target
-   batch has ``w = 0``: its prediction is *extrapolated* from the other groups (flagged per cell, and
-   warned about).
-3. **The counterfactual** -- the mean of ``log1p(expm1(base) * ratio)`` and ``base + shift``, where
-   ``base`` is the cell's RE reconstruction (log1p units). The multiplicative estimate acts like capture
-   efficiency and depth do, so a gene's log change depends on its level (log1p compresses low values);
-   the additive one is robust where mean counts are tiny. Their mean beat both alone, and every baseline,
-   on CellBench held-out Drop-seq targets (docs/model.md, "Counterfactuals"). For the cell's own batch
-   the change is zero and the result is its RE reconstruction.
+2. **What the batch changes** -- per gene, from the source to the target batch:
+   * the group's *own* change, the difference of its mean log1p expression between the two batches,
+     trusted by the evidence ``w = n / (n + SHRINK_CELLS)`` (``n``: harmonic mean of the group's cell
+     counts in the two batches; 0 when the group is absent from either);
+   * the *borrowed* change, averaged over every group present in both batches (composition-free, unlike
+     a global batch mean): ``alpha`` x a multiplicative estimate (the log ratio of mean normalised
+     counts, applied to the cell's counts, so a gene's log change depends on its level as capture
+     efficiency and depth do) plus ``1 - alpha`` x an additive one (the difference of mean log1p values:
+     right where zeros do not scale, e.g. batch-specific dropout). ``alpha`` is chosen per model from the
+     training data by leave-one-group-out prediction (:func:`choose_alpha`), the situation of a cell type
+     that a batch lacks. A group absent from the target batch (``w = 0``) is *extrapolated*: flagged per
+     cell and warned about.
+3. **The counterfactual** -- ``base + w * own + (1 - w) * borrowed`` with ``base`` the cell's RE
+   reconstruction (log1p units). For the cell's own batch the change is zero and the result is its RE
+   reconstruction.
 
 The statistics (``means`` of normalised counts and ``log_means`` of log1p values: batches x groups x
 genes; ``counts``: batches x groups) come from the training split and are stored in the model file with
@@ -33,8 +34,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["SHRINK_CELLS", "MIN_CELLS", "PSEUDO", "KNN", "group_stats", "changes", "apply_change",
-           "assign_groups", "cluster_anchors"]
+__all__ = ["SHRINK_CELLS", "MIN_CELLS", "PSEUDO", "KNN", "ALPHAS", "group_stats", "changes", "apply_change",
+           "choose_alpha", "assign_groups", "cluster_anchors"]
 
 #: Cells of a group in both batches at which the group's own ratio gets half the weight.
 SHRINK_CELLS = 20
@@ -44,12 +45,18 @@ MIN_CELLS = 5
 PSEUDO = 0.01
 #: Anchor neighbours (FE latent) voting for a cell's group when its label is unknown.
 KNN = 15
+#: Candidate shares of the multiplicative estimate (chosen per model by :func:`choose_alpha`).
+ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+#: Training cells per batch and group kept to choose the share.
+ALPHA_SAMPLE = 200
 
 
-def group_stats(blocks, n_batches: int, n_groups: int, n_genes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def group_stats(blocks, n_batches: int, n_groups: int, n_genes: int,
+                samples: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(means, log_means, counts)`` per batch and group from ``blocks``, an iterable of ``(X_log,
     batch_codes, group_codes)`` (groups < 0 are skipped): mean ``expm1(X_log)`` (normalised counts),
-    mean ``X_log`` and the number of cells."""
+    mean ``X_log`` and the number of cells. ``samples``, when given, collects up to ``ALPHA_SAMPLE``
+    log1p rows per (batch, group) (the first ones met) for :func:`choose_alpha`."""
     sums = np.zeros((n_batches, n_groups, n_genes), dtype=np.float64)
     log_sums = np.zeros_like(sums)
     counts = np.zeros((n_batches, n_groups), dtype=np.int64)
@@ -62,53 +69,111 @@ def group_stats(blocks, n_batches: int, n_groups: int, n_genes: int) -> tuple[np
         np.add.at(sums, (b, g), np.expm1(xl))
         np.add.at(log_sums, (b, g), xl)
         np.add.at(counts, (b, g), 1)
+        if samples is not None:
+            for bb, gg in set(zip(b.tolist(), g.tolist())):
+                have = samples.setdefault((bb, gg), [])
+                room = ALPHA_SAMPLE - sum(len(h) for h in have)
+                if room > 0:
+                    have.append(xl[(b == bb) & (g == gg)][:room].astype(np.float32))
+    if samples is not None:
+        for key in list(samples):
+            if isinstance(samples[key], list):
+                samples[key] = np.concatenate(samples[key]) if samples[key] else np.zeros((0, n_genes), np.float32)
     den = np.maximum(counts, 1)[..., None]
     return (sums / den).astype(np.float32), (log_sums / den).astype(np.float32), counts
 
 
-def _blend(own: np.ndarray, bal: np.ndarray, ns: np.ndarray, nt: np.ndarray, present: np.ndarray) -> np.ndarray:
-    n_h = np.where(present, 2.0 * ns * nt / np.maximum(ns + nt, 1), 0.0)
-    w = (n_h / (n_h + SHRINK_CELLS))[:, None]
-    return np.where(present[:, None], w * own + (1 - w) * bal[None, :], bal[None, :])
-
-
 def changes(means: np.ndarray, log_means: np.ndarray, counts: np.ndarray, source: int,
-            target: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(log_ratio, shift, extrapolated)`` taking batch ``source`` to ``target``, per group ((groups + 1)
-    x genes; the last row is the balanced change, for cells of no known group: index it with -1): the
-    multiplicative change (log ratio of mean normalised counts), the additive change (difference of
-    mean log1p values), and whether the group is absent from either batch (its change then comes from
-    the other groups only)."""
+            target: int) -> dict:
+    """The change that takes batch ``source`` to ``target``:
+
+    * ``log_ratio`` / ``shift`` (genes): the balanced multiplicative change (log ratio of mean normalised
+      counts) and additive change (difference of mean log1p values), averaged over the groups present
+      in both batches;
+    * ``own`` ((groups + 1) x genes): each group's own additive change (its observed mean log1p in
+      ``target`` minus in ``source``; zero where absent) and ``weight`` (groups + 1): the evidence for it,
+      ``n / (n + SHRINK_CELLS)``, 0 where the group is absent from either batch;
+    * ``extrapolated`` (groups + 1): the group is absent from either batch, so its change is borrowed.
+
+    The last row stands for cells of no known group (index it with -1)."""
     n_groups, n_genes = counts.shape[1], means.shape[2]
+    out = {"log_ratio": np.zeros(n_genes), "shift": np.zeros(n_genes), "own": np.zeros((n_groups + 1, n_genes)),
+           "weight": np.zeros(n_groups + 1), "extrapolated": np.zeros(n_groups + 1, dtype=bool)}
     if source == target:
-        z = np.zeros((n_groups + 1, n_genes))
-        return z, z, np.zeros(n_groups + 1, dtype=bool)
+        return out
     ms, mt = means[source].astype(np.float64), means[target].astype(np.float64)
     ls, lt = log_means[source].astype(np.float64), log_means[target].astype(np.float64)
     ns, nt = counts[source].astype(np.float64), counts[target].astype(np.float64)
     present = (ns >= MIN_CELLS) & (nt >= MIN_CELLS)
     if present.any():
-        bal_r = np.log(mt[present].mean(0) + PSEUDO) - np.log(ms[present].mean(0) + PSEUDO)
-        bal_s = lt[present].mean(0) - ls[present].mean(0)
+        out["log_ratio"] = np.log(mt[present].mean(0) + PSEUDO) - np.log(ms[present].mean(0) + PSEUDO)
+        out["shift"] = lt[present].mean(0) - ls[present].mean(0)
     else:  # no group in common: the batches' overall means (composition not balanced)
         ws, wt = ns[:, None] / max(ns.sum(), 1), nt[:, None] / max(nt.sum(), 1)
-        bal_r = np.log((wt * mt).sum(0) + PSEUDO) - np.log((ws * ms).sum(0) + PSEUDO)
-        bal_s = (wt * lt).sum(0) - (ws * ls).sum(0)
-    log_ratio = _blend(np.log(mt + PSEUDO) - np.log(ms + PSEUDO), bal_r, ns, nt, present)
-    shift = _blend(lt - ls, bal_s, ns, nt, present)
-    return (np.vstack([log_ratio, bal_r[None, :]]), np.vstack([shift, bal_s[None, :]]),
-            np.append(~present, True))
+        out["log_ratio"] = np.log((wt * mt).sum(0) + PSEUDO) - np.log((ws * ms).sum(0) + PSEUDO)
+        out["shift"] = (wt * lt).sum(0) - (ws * ls).sum(0)
+    n_h = np.where(present, 2.0 * ns * nt / np.maximum(ns + nt, 1), 0.0)
+    out["weight"][:n_groups] = n_h / (n_h + SHRINK_CELLS)
+    out["own"][:n_groups] = np.where(present[:, None], lt - ls, 0.0)
+    out["extrapolated"][:n_groups] = ~present
+    out["extrapolated"][n_groups] = True
+    return out
 
 
-def apply_change(base_log: np.ndarray, log_ratio: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    """Mean of the multiplicative ``log1p(expm1(base) * exp(log_ratio))`` and the additive
-    ``base + shift`` estimates, row by row (float32, log1p units). A zero change returns ``base``
-    exactly (the multiplicative part acts on ``max(base, 0)``; a reconstruction's small negative values
-    are carried through unchanged)."""
+def apply_change(base_log: np.ndarray, change: dict, groups: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Counterfactual rows (float32, log1p units) of cells with RE reconstructions ``base_log`` and
+    groups ``groups`` (-1: none): ``base + w * own + (1 - w) * borrowed`` where ``borrowed = alpha *
+    (log1p(expm1(base) * ratio) - base) + (1 - alpha) * shift`` is the balanced change. A zero change
+    returns ``base`` exactly (the multiplicative part acts on ``max(base, 0)``)."""
     base = np.asarray(base_log, dtype=np.float64)
-    pos = np.maximum(base, 0.0)
-    mult = np.log1p(np.expm1(pos) * np.exp(log_ratio)) + (base - pos)
-    return (0.5 * mult + 0.5 * (base + shift)).astype(np.float32)
+    w = change["weight"][groups][:, None]
+    borrowed = (1.0 - alpha) * change["shift"][None, :]
+    if alpha:
+        pos = np.maximum(base, 0.0)
+        borrowed = borrowed + alpha * (np.log1p(np.expm1(pos) * np.exp(change["log_ratio"]))[...] - pos)
+    return (base + w * change["own"][groups] + (1.0 - w) * borrowed).astype(np.float32)
+
+
+def choose_alpha(samples: dict, means: np.ndarray, log_means: np.ndarray, counts: np.ndarray, seed: int = 0,
+                 max_pairs: int = 30, max_groups: int = 10) -> tuple[float, dict]:
+    """The multiplicative share ``alpha`` (one of :data:`ALPHAS`) that best predicts held-out groups:
+    for batch pairs (s, t) and each group k present in both, k's cells in s (``samples[(s, k)]``, log1p
+    rows) are sent to t with the change of the *other* groups only (leave-one-group-out, the situation
+    of a cell type a batch lacks), and the squared error of the predicted mean against k's observed
+    mean in t is summed over genes. Returns ``(alpha, {alpha: error})``; 0.5 when nothing can be tested.
+
+    Which share wins depends on the data: on CellBench (protocol change, capture efficiency) the
+    multiplicative estimate is better; with batch-specific dropout (zeros do not scale) the additive one."""
+    rng = np.random.default_rng(seed)
+    n_b = counts.shape[0]
+    pairs = [(s, t) for s in range(n_b) for t in range(n_b) if s != t]
+    if len(pairs) > max_pairs:
+        pairs = [pairs[i] for i in np.sort(rng.choice(len(pairs), max_pairs, replace=False))]
+    err = {a: 0.0 for a in ALPHAS}
+    tested = 0
+    for s, t in pairs:
+        present = np.flatnonzero((counts[s] >= MIN_CELLS) & (counts[t] >= MIN_CELLS))
+        if present.size < 2:
+            continue
+        if present.size > max_groups:
+            present = np.sort(rng.choice(present, max_groups, replace=False))
+        for k in present:
+            xs = samples.get((s, int(k)))
+            if xs is None or len(xs) == 0:
+                continue
+            held = counts.copy()
+            held[:, k] = 0
+            ch = changes(means, log_means, held, s, t)
+            pos = np.maximum(np.asarray(xs, dtype=np.float64), 0.0)
+            mult = np.log1p(np.expm1(pos) * np.exp(ch["log_ratio"])).mean(0)
+            add = np.asarray(xs, dtype=np.float64).mean(0) + ch["shift"]
+            truth = log_means[t, k].astype(np.float64)
+            for a in ALPHAS:
+                err[a] += float((((a * mult + (1 - a) * add) - truth) ** 2).sum())
+            tested += 1
+    if not tested:
+        return 0.5, err
+    return float(min(ALPHAS, key=lambda a: err[a])), err
 
 
 def assign_groups(fe_latent: np.ndarray, anchor_fe: np.ndarray, anchor_group: np.ndarray,

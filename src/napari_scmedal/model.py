@@ -591,11 +591,11 @@ class ScMEDAL:
             out = np.empty_like(base)
             flag = np.zeros(len(own), dtype=bool)
             for s in np.unique(own):
-                lr, sh, ex = changes(st["mean"], st["logmean"], st["count"], int(s), int(t))
+                ch = changes(st["mean"], st["logmean"], st["count"], int(s), int(t))
                 for rows in np.array_split(np.flatnonzero(own == s), max(1, int(np.sum(own == s)) // batch_size + 1)):
                     g = groups[rows]
-                    out[rows] = apply_change(base[rows], lr[g], sh[g])
-                    flag[rows] = ex[g]
+                    out[rows] = apply_change(base[rows], ch, g, float(st["alpha"][0]))
+                    flag[rows] = ch["extrapolated"][g]
             outs.append(out)
             flags.append(flag)
         return outs, flags
@@ -629,7 +629,7 @@ class ScMEDAL:
         """The "balanced" counterfactual's statistics (napari_scmedal.counterfactual) over the training
         cells ``idx``: anchor groups (labels, or k-means clusters of the FE latent without labels) and the
         mean normalised / log1p expression and cell count per batch and group."""
-        from .counterfactual import assign_groups, cluster_anchors, group_stats
+        from .counterfactual import assign_groups, choose_alpha, cluster_anchors, group_stats
 
         labels = self.recipe.labels
         a_label = getattr(anchors, "label", None)
@@ -646,8 +646,11 @@ class ScMEDAL:
                 groups = assign_groups(self._run("fe", sub, "latent"), anchor_fe, a_group, known)
                 yield np.asarray(sub.X_log), np.asarray(sub.batch), groups
 
-        mean, logmean, count = group_stats(blocks(), len(self.batches), n_groups, self.recipe.n_genes)
-        return {"group": a_group, "groups": kind, "mean": mean, "logmean": logmean, "count": count}
+        samples: dict = {}
+        mean, logmean, count = group_stats(blocks(), len(self.batches), n_groups, self.recipe.n_genes, samples)
+        alpha, _ = choose_alpha(samples, mean, logmean, count, seed=self.seed)
+        return {"group": a_group, "groups": kind, "mean": mean, "logmean": logmean, "count": count,
+                "alpha": np.asarray([alpha], dtype=np.float32)}
 
     def _anchors(self) -> dict[str, np.ndarray]:
         """FE and RE latents (and batch codes) of up to ``CF_ANCHORS_PER_BATCH`` training cells per
@@ -854,7 +857,7 @@ class ScMEDAL:
                 {"fe", "re"} <= set(self._trained):
             anchors = self._anchors()
         if anchors is not None:  # reference cells of the counterfactuals, "balanced" statistics
-            for k in ("fe", "re", "batch", "group", "mean", "logmean", "count"):
+            for k in ("fe", "re", "batch", "group", "mean", "logmean", "count", "alpha"):
                 if k in anchors:
                     tensors[f"cf.{k}"] = torch.as_tensor(np.ascontiguousarray(anchors[k]))
         layout = None
@@ -952,22 +955,23 @@ def _anchors_from_tensors(path: Path, tensors: dict, latent: int, n_batches: int
         raise ModelFileError(f"{path}: the counterfactual anchors (cf.fe, cf.re, cf.batch) are incomplete or do "
                              f"not fit the stored configuration; the file is damaged. Re-save or retrain.")
     out = {"fe": fe.astype(np.float32, copy=False), "re": re_.astype(np.float32, copy=False), "batch": b}
-    stats = [k for k in ("group", "mean", "logmean", "count") if f"cf.{k}" in tensors]
+    stats = [k for k in ("group", "mean", "logmean", "count", "alpha") if f"cf.{k}" in tensors]
     if stats:  # the "balanced" counterfactual's statistics (files written before it have none)
         try:
-            g, m, lm, c = (tensors[f"cf.{k}"].numpy() for k in ("group", "mean", "logmean", "count"))
+            g, m, lm, c, al = (tensors[f"cf.{k}"].numpy() for k in ("group", "mean", "logmean", "count", "alpha"))
             k = c.shape[1] if c.ndim == 2 else -1
-            ok = (len(stats) == 4 and groups_kind in ("labels", "clusters") and g.shape == b.shape
+            ok = (len(stats) == 5 and groups_kind in ("labels", "clusters") and g.shape == b.shape
+                  and al.shape == (1,) and 0.0 <= float(al[0]) <= 1.0
                   and g.dtype == np.int64 and c.shape == (n_batches, k) and m.shape == (n_batches, k, n_genes)
                   and lm.shape == m.shape and (g.size == 0 or g.max() < k))
         except KeyError:
             ok = False
         if not ok:
-            raise ModelFileError(f"{path}: the counterfactual statistics (cf.group, cf.mean, cf.logmean, cf.count) "
+            raise ModelFileError(f"{path}: the counterfactual statistics (cf.group, cf.mean, cf.logmean, cf.count, cf.alpha) "
                                  f"are incomplete or do not fit the stored configuration; the file is damaged. "
                                  f"Re-save or retrain.")
         out.update({"group": g, "groups": groups_kind, "mean": m.astype(np.float32, copy=False),
-                    "logmean": lm.astype(np.float32, copy=False), "count": c})
+                    "logmean": lm.astype(np.float32, copy=False), "count": c, "alpha": al.astype(np.float32)})
     return out
 
 
