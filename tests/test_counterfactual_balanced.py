@@ -1,0 +1,155 @@
+"""The default "balanced" counterfactual (napari_scmedal.counterfactual, issue 11): its arithmetic, the
+data-chosen multiplicative share, the extrapolation flag for cell types a batch lacks, and the model file."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+import napari_scmedal as sm
+from napari_scmedal import counterfactual as C
+from napari_scmedal.data.synthetic import make_synthetic
+from napari_scmedal.errors import ExtrapolationWarning, ModelFileError
+
+SMALL = dict(preset="quick", hidden=[64, 16], latent=8, batch_size=16, threads=1, lr=3e-3, train_fec=False)
+
+
+def _stats(n_cells=(30, 30), seed=0):
+    """Two batches x two groups with known means."""
+    rng = np.random.default_rng(seed)
+    means = rng.uniform(0.1, 3.0, size=(2, 2, 6)).astype(np.float32)
+    log_means = np.log1p(means).astype(np.float32)
+    counts = np.array([list(n_cells), list(n_cells)], dtype=np.int64)
+    return means, log_means, counts
+
+
+def test_changes_own_group_is_additive_and_trusted_by_its_evidence():
+    means, log_means, counts = _stats((30, 30))
+    ch = C.changes(means, log_means, counts, 0, 1)
+    np.testing.assert_allclose(ch["own"][:2], log_means[1] - log_means[0], rtol=1e-6)
+    np.testing.assert_allclose(ch["weight"][:2], 30 / (30 + C.SHRINK_CELLS))
+    np.testing.assert_allclose(ch["shift"], (log_means[1] - log_means[0]).mean(0), rtol=1e-6)
+    ratio = np.log(means[1].mean(0) + C.PSEUDO) - np.log(means[0].mean(0) + C.PSEUDO)
+    np.testing.assert_allclose(ch["log_ratio"], ratio, rtol=1e-5)
+    assert not ch["extrapolated"][:2].any() and ch["extrapolated"][-1]  # the row of cells of no group
+    # a group absent from the target batch borrows the other groups' change
+    counts[1, 1] = 0
+    ch = C.changes(means, log_means, counts, 0, 1)
+    assert ch["extrapolated"][1] and ch["weight"][1] == 0
+    np.testing.assert_allclose(ch["shift"], log_means[1, 0] - log_means[0, 0], rtol=1e-6)
+    # the own batch: no change at all
+    same = C.changes(means, log_means, counts, 1, 1)
+    assert not same["weight"].any() and not same["shift"].any() and not same["extrapolated"].any()
+
+
+def test_a_zero_change_returns_the_base_exactly_and_groups_index_their_rows():
+    means, log_means, counts = _stats()
+    base = np.array([[-0.2, 0.0, 0.5, 1.0, 2.0, 3.0]] * 3, dtype=np.float32)
+    same = C.changes(means, log_means, counts, 0, 0)
+    for alpha in (0.0, 0.5, 1.0):
+        np.testing.assert_array_equal(C.apply_change(base, same, np.array([0, 1, -1]), alpha), base)
+    ch = C.changes(means, log_means, counts, 0, 1)
+    out = C.apply_change(base, ch, np.array([0, 1, -1]), alpha=0.0)
+    w = ch["weight"][0]
+    np.testing.assert_allclose(out[0], base[0] + w * ch["own"][0] + (1 - w) * ch["shift"], rtol=1e-5)
+    np.testing.assert_allclose(out[2], base[2] + ch["shift"], rtol=1e-5)  # no group: balanced change
+
+
+@pytest.mark.parametrize("kind, expected", [("additive", 0.0), ("multiplicative", 1.0)])
+def test_the_multiplicative_share_is_chosen_by_the_data(kind, expected):
+    # 3 batches x 4 groups of cells whose expression in another batch follows one of the two models
+    rng = np.random.default_rng(1)
+    n_b, n_g, G = 3, 4, 40
+    level = rng.gamma(1.0, 2.0, size=(n_g, G))
+    effect = rng.normal(0, 0.7, size=(n_b, G))
+    blocks, samples = [], {}
+    for b in range(n_b):
+        for g in range(n_g):
+            # expression (counts per 10,000) with cell-to-cell noise, the batch scaling it or shifting its logs
+            expr = level[g] * rng.lognormal(0.0, 0.5, size=(60, G))
+            x = np.log1p(expr * (np.exp(effect[b]) if kind == "multiplicative" else 1.0))
+            if kind == "additive":
+                x = x + effect[b] - effect[b].min()
+            blocks.append((x, np.full(60, b), np.full(60, g)))
+    means, log_means, cnt = C.group_stats(blocks, n_b, n_g, G, samples)
+    assert cnt.min() == 60 and all(len(v) == 60 for v in samples.values())
+    alpha, err = C.choose_alpha(samples, means, log_means, cnt)
+    assert alpha == expected, err
+
+
+# ---------------------------------------------------------------- in the model
+@pytest.fixture(scope="module")
+def holdout_model():
+    """Trained without the cells of type0 in batch1: the case of a cell type one batch lacks."""
+    a = make_synthetic(n_cells=900, n_genes=300, n_batches=3, n_labels=3, seed=0)
+    keep = ~((a.obs["cell_type"] == "type0") & (a.obs["batch"] == "batch1")).to_numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = sm.ScMEDAL(a[keep].copy(), batch_key="batch", label_key="cell_type", n_genes=250, seed=0, **SMALL)
+        model.train(max_epochs=25, patience=5)
+    return model, a
+
+
+def test_seen_types_land_on_the_target_batch_mean(holdout_model):
+    model, a = holdout_model
+    lab = model._adata.obs["cell_type"].to_numpy()
+    bat = model._adata.obs["batch"].to_numpy()
+    x = model._prepared.X_log
+    src = (lab == "type1") & (bat == "batch0")
+    cf = model.get_counterfactual_expression("batch2")[src].mean(0)
+    target = x[(lab == "type1") & (bat == "batch2")].mean(0)
+    before = np.abs(x[src].mean(0) - target).mean()
+    # the own change is the observed difference of the group means (trusted by n / (n + 20)), applied to
+    # the RE reconstruction: the counterfactual mean lands far closer to the target mean than the source
+    assert np.abs(cf - target).mean() < 0.35 * before
+    assert float(model._anchors()["alpha"][0]) in C.ALPHAS
+
+
+def test_a_type_absent_from_the_target_batch_is_flagged_and_warned(holdout_model):
+    model, a = holdout_model
+    with pytest.warns(ExtrapolationWarning, match="extrapolated"):
+        model.get_counterfactual_expression("batch1", adata=a)
+    flags = model.counterfactual_extrapolated("batch1", adata=a)
+    lab, bat = a.obs["cell_type"].to_numpy(), a.obs["batch"].to_numpy()
+    np.testing.assert_array_equal(flags, (lab == "type0") & (bat != "batch1"))
+    # type0 cells of batch1 (never seen in training) are extrapolated into any other batch too
+    np.testing.assert_array_equal(model.counterfactual_extrapolated("batch2", adata=a),
+                                  (lab == "type0") & (bat == "batch1"))
+    # without labels in the data, the FE latent assigns the type (batch-invariant neighbours)
+    b = a.copy()
+    del b.obs["cell_type"]
+    flags_fe = model.counterfactual_extrapolated("batch1", adata=b)
+    assert (flags_fe == flags).mean() > 0.9
+
+
+def test_statistics_round_trip_and_damaged_or_old_files(holdout_model, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    model, a = holdout_model
+    path = model.save(tmp_path / "m.safetensors")
+    back = sm.ScMEDAL.load(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExtrapolationWarning)
+        np.testing.assert_allclose(back.get_counterfactual_expression("batch2", adata=a),
+                                   model.get_counterfactual_expression("batch2", adata=a), atol=1e-5)
+    with safe_open(str(path), "pt") as f:
+        md, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    bad = dict(tensors)
+    bad["cf.alpha"] = bad["cf.alpha"] + 5.0
+    save_file(bad, str(tmp_path / "bad.safetensors"), metadata=md)
+    with pytest.raises(ModelFileError, match="counterfactual statistics"):
+        sm.ScMEDAL.load(tmp_path / "bad.safetensors")
+    # a file from before the balanced method: it loads and the default falls back to "matched"
+    old = {k: v for k, v in tensors.items() if k not in ("cf.group", "cf.mean", "cf.logmean", "cf.count", "cf.alpha")}
+    meta = json.loads(md["scmedal"])
+    meta.pop("cf_groups")
+    save_file(old, str(tmp_path / "old.safetensors"), metadata=dict(md, scmedal=json.dumps(meta)))
+    back = sm.ScMEDAL.load(tmp_path / "old.safetensors")
+    with pytest.warns(UserWarning, match="method='matched'"):
+        cf = back.get_counterfactual_expression("batch2", adata=a)
+    np.testing.assert_allclose(cf, model.get_counterfactual_expression("batch2", adata=a, method="matched"),
+                               atol=1e-5)
