@@ -48,15 +48,18 @@ KNN = 15
 #: Candidate shares of the multiplicative estimate (chosen per model by :func:`choose_alpha`).
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 #: Training cells per batch and group kept to choose the share.
-ALPHA_SAMPLE = 200
+ALPHA_SAMPLE = 100
+#: Batches whose cells are sampled to choose the share (their ordered pairs are tested).
+ALPHA_BATCHES = 6
 
 
-def group_stats(blocks, n_batches: int, n_groups: int, n_genes: int,
-                samples: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def group_stats(blocks, n_batches: int, n_groups: int, n_genes: int, samples: dict | None = None,
+                sample_batches=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(means, log_means, counts)`` per batch and group from ``blocks``, an iterable of ``(X_log,
     batch_codes, group_codes)`` (groups < 0 are skipped): mean ``expm1(X_log)`` (normalised counts),
     mean ``X_log`` and the number of cells. ``samples``, when given, collects up to ``ALPHA_SAMPLE``
-    log1p rows per (batch, group) (the first ones met) for :func:`choose_alpha`."""
+    log1p rows per (batch, group) (the first ones met) of the batches in ``sample_batches`` (all when
+    None) for :func:`choose_alpha`."""
     sums = np.zeros((n_batches, n_groups, n_genes), dtype=np.float64)
     log_sums = np.zeros_like(sums)
     counts = np.zeros((n_batches, n_groups), dtype=np.int64)
@@ -71,6 +74,8 @@ def group_stats(blocks, n_batches: int, n_groups: int, n_genes: int,
         np.add.at(counts, (b, g), 1)
         if samples is not None:
             for bb, gg in set(zip(b.tolist(), g.tolist())):
+                if sample_batches is not None and bb not in sample_batches:
+                    continue
                 have = samples.setdefault((bb, gg), [])
                 room = ALPHA_SAMPLE - sum(len(h) for h in have)
                 if room > 0:
@@ -184,6 +189,7 @@ def assign_groups(fe_latent: np.ndarray, anchor_fe: np.ndarray, anchor_group: np
 
     n = fe_latent.shape[0]
     out = np.full(n, -1, dtype=np.int64) if known is None else np.asarray(known, dtype=np.int64).copy()
+    step = int(max(64, min(4096, 2e7 // max(len(anchor_group), 1))))  # distance matrix <= ~80 MB
     todo = np.flatnonzero(out < 0)
     valid = np.flatnonzero(np.asarray(anchor_group) >= 0)
     if todo.size == 0 or valid.size == 0:
@@ -192,8 +198,8 @@ def assign_groups(fe_latent: np.ndarray, anchor_fe: np.ndarray, anchor_group: np
     groups = np.asarray(anchor_group)[valid]
     k = min(KNN, valid.size)
     n_groups = int(groups.max()) + 1
-    for i in range(0, todo.size, 4096):
-        rows = todo[i:i + 4096]
+    for i in range(0, todo.size, step):
+        rows = todo[i:i + step]
         q = torch.as_tensor(np.asarray(fe_latent)[rows], dtype=torch.float32)
         nn_idx = torch.cdist(q, a).topk(k, dim=1, largest=False).indices.numpy()
         g = groups[nn_idx]

@@ -360,7 +360,7 @@ class ScMEDAL:
                 if hist["best_epoch"] is not None and kind not in self._trained:
                     self._trained.append(kind)
                 if kind in self._trained and comm.is_main:
-                    self._check_health(kind, va, tr)
+                    self._check_health(kind, va if va.n else tr, tr)
                 if hist["stopped"] == "cancelled":
                     break
         return self
@@ -390,8 +390,10 @@ class ScMEDAL:
         idx = np.asarray(self._split_idx.get("train", []), dtype=np.int64)
         if idx.size < 2:
             return float("nan")
-        if idx.size > max_rows:
-            idx = np.sort(np.random.default_rng(self.seed).choice(idx, max_rows, replace=False))
+        if idx.size > max_rows:  # 10 random runs of consecutive training cells (few reads from a file)
+            run = max_rows // 10
+            starts = np.random.default_rng(self.seed).choice(idx.size - run, 10, replace=False)
+            idx = np.unique(np.concatenate([idx[a:a + run] for a in starts]))
         X = np.asarray(self._prepare(None).subset(idx).X, dtype=np.float64)
         return float(X.var(0).mean())
 
@@ -573,18 +575,10 @@ class ScMEDAL:
 
     def _balanced(self, prep, codes, batch_size: int = 4096):
         """("balanced") log1p counterfactuals and per-cell extrapolation flags for each target code."""
-        from .counterfactual import apply_change, assign_groups, changes
+        from .counterfactual import apply_change, changes
 
-        st = self._anchors()
-        if "mean" not in st:
-            raise ScMEDALError("this model file has no statistics for the 'balanced' counterfactual (it was saved "
-                               "by an older version); retrain and save it again, or pass method='matched'.")
+        st, groups = self._cf_groups(prep, batch_size)
         base = self.recipe.unscale(self._run("re", prep, "recon", batch_size=batch_size))
-        fe = self._run("fe", prep, "latent", batch_size=batch_size)
-        known = None
-        if st.get("groups") == "labels" and getattr(prep, "label", None) is not None:
-            known = np.asarray(prep.label)
-        groups = assign_groups(fe, st["fe"], st["group"], known)
         own = np.asarray(prep.batch)
         outs, flags = [], []
         for t in codes:
@@ -604,8 +598,34 @@ class ScMEDAL:
         """Per cell, True when its ("balanced") counterfactual into ``target_batch`` is extrapolated: the
         cell's type (label, or FE-latent group without labels) has too few training cells in the target
         batch or its own, so its batch change is borrowed from the other types."""
+        from .counterfactual import changes
+
         self._check_kind("re", ("re",))
-        return self._balanced(self._prepare(adata), [self._batch_index(target_batch)])[1][0]
+        t = self._batch_index(target_batch)
+        prep = self._prepare(adata)
+        st, groups = self._cf_groups(prep)
+        own = np.asarray(prep.batch)
+        flag = np.zeros(len(own), dtype=bool)
+        for s in np.unique(own):
+            rows = own == s
+            flag[rows] = changes(st["mean"], st["logmean"], st["count"], int(s), t)["extrapolated"][groups[rows]]
+        return flag
+
+    def _cf_groups(self, prep, batch_size: int = 4096):
+        """(statistics, each cell's group) for the "balanced" counterfactual: the cell's label when the model
+        has labels and the cell's is known, else the majority group of its FE-latent anchor neighbours."""
+        from .counterfactual import assign_groups
+
+        st = self._anchors()
+        if "mean" not in st:
+            raise ScMEDALError("this model file has no statistics for the 'balanced' counterfactual (it was saved "
+                               "by an older version); retrain and save it again, or use method='matched' / "
+                               "'reference' (which have no extrapolation flag).")
+        fe = self._run("fe", prep, "latent", batch_size=batch_size)
+        known = None
+        if st.get("groups") == "labels" and getattr(prep, "label", None) is not None:
+            known = np.asarray(prep.label)
+        return st, assign_groups(fe, st["fe"], st["group"], known)
 
     def _compute_anchors(self) -> dict[str, np.ndarray]:
         prep = self._prepare(None)
@@ -646,8 +666,12 @@ class ScMEDAL:
                 groups = assign_groups(self._run("fe", sub, "latent"), anchor_fe, a_group, known)
                 yield np.asarray(sub.X_log), np.asarray(sub.batch), groups
 
+        from .counterfactual import ALPHA_BATCHES
+
         samples: dict = {}
-        mean, logmean, count = group_stats(blocks(), len(self.batches), n_groups, self.recipe.n_genes, samples)
+        nb = len(self.batches)
+        pick = set(np.random.default_rng(self.seed).choice(nb, min(nb, ALPHA_BATCHES), replace=False).tolist())
+        mean, logmean, count = group_stats(blocks(), nb, n_groups, self.recipe.n_genes, samples, pick)
         alpha, _ = choose_alpha(samples, mean, logmean, count, seed=self.seed)
         return {"group": a_group, "groups": kind, "mean": mean, "logmean": logmean, "count": count,
                 "alpha": np.asarray([alpha], dtype=np.float32)}
@@ -726,32 +750,34 @@ class ScMEDAL:
         ``(n_cells, n_genes)``, log1p units unless ``scaled=True``. For a cell's own batch the result is
         its RE reconstruction.
 
-        ``method="matched"`` (default): the cell's RE latent is shifted by the difference between the
-        mean RE latents of its nearest neighbours in the batch-invariant FE latent among the target
-        batch's and its own batch's training cells, then decoded with the target batch's random
-        effects. ``method="reference"``: METHOD.md literally, the whole RE autoencoder with the
+        ``method="balanced"`` (default, :mod:`napari_scmedal.counterfactual`): the cell's RE reconstruction
+        changed by its cell type's own batch change where the type has training cells in both batches,
+        else by the change averaged over the other types (an :class:`~napari_scmedal.errors.ExtrapolationWarning`
+        says how many cells; :meth:`counterfactual_extrapolated` flags them). ``method="matched"``: the
+        cell's RE latent is shifted by the difference between the mean RE latents of its nearest
+        neighbours in the batch-invariant FE latent among the target batch's and its own batch's training
+        cells, then decoded with the target batch's random effects. ``method="reference"``: METHOD.md literally, the whole RE autoencoder with the
         one-hot replaced by the target batch (overshoots: see docs/model.md, "Counterfactuals")."""
         self._check_kind("re", ("re",))
         b = self._batch_index(target_batch)
         prep = self._prepare(adata)
         method = self._check_method(method)
-        if method == "balanced":
-            outs, flags = self._balanced(prep, [b], batch_size=int(batch_size))
-            n_ex = int(flags[0].sum())
-            if n_ex:
-                import warnings
+        if method != "balanced":
+            out = self._counterfactuals(prep, [b], method, batch_size=int(batch_size))[0]
+            return out if scaled else self.recipe.unscale(out).astype(np.float32, copy=False)
+        outs, flags = self._balanced(prep, [b], batch_size=int(batch_size))
+        n_ex = int(flags[0].sum())
+        if n_ex:
+            import warnings
 
-                from .errors import ExtrapolationWarning
+            from .errors import ExtrapolationWarning
 
-                warnings.warn(f"{n_ex} of {len(flags[0])} cells belong to cell types with too few training cells in "
-                              f"batch {self.batches[b]!r} (or in their own batch): their counterfactual is "
-                              f"extrapolated from the other types' batch change. "
-                              f"model.counterfactual_extrapolated({self.batches[b]!r}, adata) flags them.",
-                              ExtrapolationWarning, stacklevel=2)
-            out = outs[0]
-            return self.recipe.scale(out) if scaled else out
-        out = self._counterfactuals(prep, [b], method, batch_size=int(batch_size))[0]
-        return out if scaled else self.recipe.unscale(out).astype(np.float32, copy=False)
+            warnings.warn(f"{n_ex} of {len(flags[0])} cells belong to cell types with too few training cells in "
+                          f"batch {self.batches[b]!r} (or in their own batch): their counterfactual is "
+                          f"extrapolated from the other types' batch change. "
+                          f"model.counterfactual_extrapolated({self.batches[b]!r}, adata) flags them.",
+                          ExtrapolationWarning, stacklevel=2)
+        return self.recipe.scale(outs[0]) if scaled else outs[0]
 
     def _prepare_rows(self, adata, rows):
         if rows is None:
@@ -836,7 +862,7 @@ class ScMEDAL:
             adata.obsm[f"X_scmedal_{k}"] = z
         s = self.summary()
         s["config"] = {k: v for k, v in s["config"].items() if v is not None}
-        adata.uns["scmedal"] = s
+        adata.uns["scmedal"] = _without_none(json.loads(json.dumps(s)))  # a copy; h5ad cannot store None
 
     # ------------------------------------------------------------------ save / load
     def save(self, path) -> Path:
@@ -941,6 +967,15 @@ class ScMEDAL:
                 raise ModelFileError(f"{path}: the stored genomap layout cannot be read ({e}); re-save the "
                                      f"model.") from None
         return obj
+
+
+def _without_none(obj):
+    """``obj`` with every None (and NaN) left out of dicts and lists, recursively (h5ad cannot store them)."""
+    if isinstance(obj, dict):
+        return {k: _without_none(v) for k, v in obj.items() if v is not None and v == v}
+    if isinstance(obj, list):
+        return [_without_none(v) for v in obj if v is not None and v == v]
+    return obj
 
 
 def _anchors_from_tensors(path: Path, tensors: dict, latent: int, n_batches: int, n_genes: int,

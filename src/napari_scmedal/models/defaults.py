@@ -102,6 +102,7 @@ def derive_settings(n_train: int, config: dict, overrides: dict | None = None,
     else:
         lo = out["min_epochs"] + out["patience"]
         out["max_epochs"] = min(500, max(lo, math.ceil(MAX_STEPS / spe)))
+        out["min_epochs"] = min(out["min_epochs"], out["max_epochs"])
         why["max_epochs"] = f"derived: a budget of {MAX_STEPS} steps, in [min_epochs + patience, 500] epochs"
     for key, factor in (("fe_w_recon", 1.0), ("fec_w_recon", 2.0)):
         if key in given:

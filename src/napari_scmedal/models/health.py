@@ -48,26 +48,19 @@ NOT_CHECKED = {"ok": None, "problems": [], "status": "not checked"}
 
 
 def _gather(source, max_cells: int, seed: int = 0):
-    """(X, batch, label) of up to ``max_cells`` rows of a minibatch source or Tensors (rows in order)."""
-    from ..distributed import Comm
+    """(X, batch, label) of up to ``max_cells`` rows drawn at random over the whole split of a minibatch
+    source (not a prefix: files are often sorted by batch; not one rank's shard)."""
+    from .loaders import sample_rows
 
-    xs, bs, ls, n = [], [], [], 0
-    for b in source.chunks(4096, Comm()):
+    xs, bs, ls = [], [], []
+    for b in sample_rows(source, max_cells, seed):
         xs.append(b.X.float().cpu())
         bs.append(b.batch.cpu())
         ls.append(None if b.label is None else b.label.cpu())
-        n += b.n
-        if n >= 4 * max_cells:
-            break
     if not xs:
         return None
-    X, batch = torch.cat(xs), torch.cat(bs)
-    label = None if any(v is None for v in ls) else torch.cat(ls)
-    if X.shape[0] > max_cells:
-        idx = torch.as_tensor(np.sort(np.random.default_rng(seed).choice(X.shape[0], max_cells, replace=False)))
-        X, batch = X[idx], batch[idx]
-        label = None if label is None else label[idx]
-    return X, batch.numpy(), None if label is None else label.numpy()
+    label = None if any(v is None for v in ls) else torch.cat(ls).numpy()
+    return torch.cat(xs), torch.cat(bs).numpy(), label
 
 
 def _r2(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -96,7 +89,9 @@ def _label_chance(batch: np.ndarray, label: np.ndarray | None) -> float:
         return float(np.bincount(batch).max() / len(batch))
     hit = 0
     for lab in np.unique(label):
-        hit += np.bincount(batch[label == lab]).max()
+        sel = batch[label == lab]
+        # cells of unknown label (-1): only the batch shares are known
+        hit += np.bincount(sel).max() if lab >= 0 else sel.size * np.bincount(batch).max() / len(batch)
     return float(hit / len(batch))
 
 
@@ -190,7 +185,8 @@ def _problems(kind: str, r: dict, hist: dict) -> list[str]:
                    f"it overfits or its BatchNorm statistics are off; use more cells, the 'auto' preset "
                    f"(recomputed BatchNorm statistics) or a smaller network (hidden=[256, 64]).")
     be, n_ep = r.get("best_epoch"), r.get("epochs") or 0
-    if be is not None and hist.get("stopped") != "cancelled" and (be <= 1 or (n_ep >= 20 and be <= b["early_fraction"] * n_ep)):
+    if be is not None and n_ep >= 3 and hist.get("stopped") not in ("cancelled", "max_time") and \
+            (be <= 1 or (n_ep >= 20 and be <= b["early_fraction"] * n_ep)):
         out.append(f"{name} kept epoch {be} of {n_ep}: validation never improved after the start, so the weights "
                    f"are barely trained; {fix_train}.")
     if kind == "re" and "head_acc" in r:

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-__all__ = ["InMemorySource", "StreamingSource", "fits_on_device", "expected_bytes"]
+__all__ = ["InMemorySource", "StreamingSource", "fits_on_device", "expected_bytes", "sample_rows"]
 
 
 def fits_on_device(nbytes: int, device: torch.device, fraction: float = 0.5) -> bool:
@@ -120,6 +120,12 @@ class StreamingSource:
         pos = np.concatenate([self.blocks[int(k)] for k in block_ids])
         return Tensors.from_prepared(self._rows.subset(pos), device=self.device)
 
+    def _load_positions(self, positions):
+        """Model-ready tensors of the given split positions (read and transformed like any on-disk rows)."""
+        from .training import Tensors
+
+        return Tensors.from_prepared(self._rows.subset(np.sort(np.asarray(positions))), device=self.device)
+
     def _groups(self, ids) -> list[list[int]]:
         ids = list(ids)
         return [ids[i:i + self.buffer_blocks] for i in range(0, len(ids), self.buffer_blocks)]
@@ -172,3 +178,26 @@ class StreamingSource:
 def expected_bytes(n_rows: int, n_genes: int, n_batches: int) -> int:
     """Bytes of one split held as float32 tensors (X + one-hot) plus int64 codes."""
     return int(n_rows) * (4 * (int(n_genes) + int(n_batches)) + 16)
+
+
+def sample_rows(source, n: int, seed: int = 0, chunk: int = 8192):
+    """Up to ``n`` rows of a split drawn at random over the *whole* split (seeded; the same rows for the same
+    seed), as Tensors chunks of at most ``chunk`` rows on the source's device. Not sharded between ranks:
+    used for the BatchNorm refresh and the health checks, which must not see only a prefix of a file sorted
+    by batch."""
+    total = int(source.n)
+    if total == 0 or n <= 0:
+        return
+    rng = np.random.default_rng(seed)
+    if isinstance(source, StreamingSource):
+        pos = np.concatenate(source.blocks)
+        pick = np.sort(rng.choice(pos.size, min(n, pos.size), replace=False))
+        for i in range(0, pick.size, chunk):
+            yield source._load_positions(pos[pick[i:i + chunk]])
+        return
+    pick = np.sort(rng.choice(total, min(n, total), replace=False))
+    t = source.tensors
+    for i in range(0, pick.size, chunk):
+        idx = torch.as_tensor(pick[i:i + chunk], device=t.X.device)
+        b = t.take(idx)
+        yield b if b.X.device == source.device else b.to(source.device)

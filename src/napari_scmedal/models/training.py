@@ -453,7 +453,7 @@ def fit(task, train, val=None, *, max_epochs: int, patience: int, batch_size: in
     after which training stops at the end of the epoch (``stopped="max_time"``, best weights kept).
 
     History: ``{"model", "epochs": [...], "train": {name: [per epoch]}, "val": {name: [...]},
-    "best_epoch", "best_val", "stopped": "early_stopping"|"max_epochs"|"cancelled"|"nonfinite",
+    "best_epoch", "best_val", "stopped": "early_stopping"|"max_epochs"|"max_time"|"cancelled"|"nonfinite",
     "elapsed_s", "warnings": [...], "steps", "cells_per_s", "world_size"}``. The best weights (lowest
     validation ``total``; training ``total`` when there is no validation split) are restored before
     returning, also on cancel and on a NaN/inf loss (which then raises :class:`TrainingError`).
@@ -576,6 +576,8 @@ def fit(task, train, val=None, *, max_epochs: int, patience: int, batch_size: in
         now = time.perf_counter()
         elapsed = now - t0
         out_of_time = deadline is not None and now >= deadline
+        if not single and deadline is not None:  # one decision for every rank (else a collective hangs)
+            out_of_time = bool(comm.max(np.array([float(out_of_time)]))[0] > 0)
         if progress is not None and comm.is_main:
             progress({"model": task.name, "epoch": epoch, "max_epochs": max_epochs, "train": tr, "val": vl,
                       "elapsed_s": elapsed,
@@ -617,16 +619,15 @@ def _eta(per_epoch: float, epoch: int, max_epochs: int, min_epochs: int, patienc
 
 
 def _refresh_bn(task, train, max_rows: int, seed: int, comm) -> None:
-    """Recompute ``task.net``'s BatchNorm statistics on up to ``max_rows`` training rows (the same rows
-    every epoch: a fixed generator), in chunks of at most 8,192 rows; the raw network is used (never
-    the DDP wrapper, whose forward would re-broadcast rank 0's buffers)."""
-    if max_rows <= 0:
+    """Recompute ``task.net``'s BatchNorm statistics on up to ``max_rows`` training rows drawn at random over
+    the whole split (the same rows every epoch), in equal chunks of at most 8,192 rows; the raw network is
+    used (never the DDP wrapper, whose forward would re-broadcast rank 0's buffers; rank 0's statistics
+    are then broadcast to every rank)."""
+    from .loaders import sample_rows
+
+    if max_rows <= 0 or int(getattr(train, "n", 0)) < 2:
         return
-    n = int(getattr(train, "n", 0)) // max(comm.world, 1)
-    if n < 2:
-        return
-    chunk = min(8192, n, max_rows)
-    steps = max(1, min(max_rows, n) // chunk)
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    n = min(int(train.n), int(max_rows))
+    chunk = -(-n // -(-n // 8192))  # equal chunks of at most 8,192 rows: each counts the same
     with torch.no_grad():
-        refresh_bn_stats(task.net, task.bn_forward, train.epoch(chunk, gen, 0, comm, steps))
+        refresh_bn_stats(task.net, task.bn_forward, (b for b in sample_rows(train, n, seed, chunk) if b.n >= 2))
