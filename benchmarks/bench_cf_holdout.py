@@ -12,7 +12,7 @@ with per-cell truth, cell_rmse; log1p-normalised units over the model's genes):
   (../shared/data/cellbench_5batches.h5ad, label cell_line, batch batch), every pair with >= 30 cells,
   truth = the held-out cells' observed mean; split by the target batch's protocol.
 
-Methods: the model's ``--methods`` (default matched,reference), the baselines identity, mean_shift,
+Methods: the model's ``--methods`` (default balanced,matched,reference), the baselines identity, mean_shift,
 balanced_shift, and ``scgen`` (benchmarks/cf_baselines.py: scGen-style VAE latent shift, cell-type
 balanced). scVI only when ``import scvi`` works (it is not installed here; noted in the results).
 
@@ -138,7 +138,7 @@ def render(result: dict) -> str:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--methods", default="matched,reference")
+    ap.add_argument("--methods", default="balanced,matched,reference")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--quick", action="store_true", help="smoke run: one seed, 3 epochs, tiny settings")
     ap.add_argument("--dropseq-only", action="store_true", help="CellBench: only Drop-seq target pairs")
