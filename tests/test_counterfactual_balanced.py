@@ -45,6 +45,21 @@ def test_changes_own_group_is_additive_and_trusted_by_its_evidence():
     assert not same["weight"].any() and not same["shift"].any() and not same["extrapolated"].any()
 
 
+def test_the_borrowed_change_follows_the_level_of_the_group():
+    # three groups seen in both batches whose change grows with their level in the source batch
+    G = 50
+    rng = np.random.default_rng(3)
+    level = np.stack([rng.uniform(0, 1, G) + off for off in (0.0, 1.0, 2.0, 3.0)])  # 4 groups
+    change = 0.2 + 0.5 * (level - level[:3].mean(0))  # exact: slope 0.5 on the level
+    log_means = np.stack([level, level + change]).astype(np.float32)
+    means = np.expm1(log_means).astype(np.float32)
+    counts = np.array([[50, 50, 50, 50], [50, 50, 50, 0]])  # group 3 absent from the target batch
+    ch = C.changes(means, log_means, counts, 0, 1)
+    assert ch["beta"] == pytest.approx(0.5, rel=1e-4) and ch["extrapolated"][3]
+    borrowed = ch["shift"] + ch["beta"] * ch["level"][3]
+    np.testing.assert_allclose(borrowed, change[3], atol=1e-4)  # the absent group's change, predicted
+
+
 def test_a_zero_change_returns_the_base_exactly_and_groups_index_their_rows():
     means, log_means, counts = _stats()
     base = np.array([[-0.2, 0.0, 0.5, 1.0, 2.0, 3.0]] * 3, dtype=np.float32)
@@ -54,7 +69,8 @@ def test_a_zero_change_returns_the_base_exactly_and_groups_index_their_rows():
     ch = C.changes(means, log_means, counts, 0, 1)
     out = C.apply_change(base, ch, np.array([0, 1, -1]), alpha=0.0)
     w = ch["weight"][0]
-    np.testing.assert_allclose(out[0], base[0] + w * ch["own"][0] + (1 - w) * ch["shift"], rtol=1e-5)
+    borrowed = ch["shift"] + ch["beta"] * ch["level"][0]
+    np.testing.assert_allclose(out[0], base[0] + w * ch["own"][0] + (1 - w) * borrowed, rtol=1e-5)
     np.testing.assert_allclose(out[2], base[2] + ch["shift"], rtol=1e-5)  # no group: balanced change
 
 

@@ -642,7 +642,11 @@ class ScMEDAL:
         sub = prep.subset(np.concatenate(keep))
         out = {"fe": self._run("fe", sub, "latent"), "re": self._run("re", sub, "latent"),
                "batch": np.asarray(sub.batch, dtype=np.int64)}
-        out.update(self._group_stats(prep, idx, sub, out["fe"]))
+        # the balanced counterfactual's statistics: training and validation cells (descriptive means, more
+        # cells per batch and type; the test split stays untouched)
+        stat_idx = np.sort(np.concatenate([idx, np.asarray(self._split_idx.get("val", np.zeros(0, np.int64)),
+                                                           dtype=np.int64)]))
+        out.update(self._group_stats(prep, stat_idx, sub, out["fe"]))
         return out
 
     def _group_stats(self, prep, idx, anchors, anchor_fe) -> dict:
