@@ -169,3 +169,33 @@ def test_statistics_round_trip_and_damaged_or_old_files(holdout_model, tmp_path)
         cf = back.get_counterfactual_expression("batch2", adata=a)
     np.testing.assert_allclose(cf, model.get_counterfactual_expression("batch2", adata=a, method="matched"),
                                atol=1e-5)
+
+
+def test_groups_from_the_fe_latent_by_neighbours_or_cluster_centres():
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0]])
+    anchor_group = np.repeat(np.arange(3), 40)
+    anchors = centres[anchor_group] + rng.normal(0, 0.5, size=(120, 2))
+    cells = centres[[0, 1, 2, 1]] + rng.normal(0, 0.5, size=(4, 2))
+    known = np.array([-1, 2, -1, -1])  # a known label wins over the latent
+    np.testing.assert_array_equal(C.assign_groups(cells, anchors, anchor_group, known), [0, 2, 2, 1])
+    np.testing.assert_array_equal(C.assign_groups(cells, anchors, anchor_group, centroids=True), [0, 1, 2, 1])
+    # anchors of no group (-1) never vote
+    np.testing.assert_array_equal(C.assign_groups(cells, anchors, np.where(anchor_group == 2, -1, anchor_group))[2:],
+                                  [0, 1])
+
+
+def test_a_model_without_labels_groups_cells_by_fe_clusters(tmp_path):
+    a = make_synthetic(n_cells=600, n_genes=300, n_batches=3, n_labels=3, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = sm.ScMEDAL(a, batch_key="batch", n_genes=250, seed=0, **SMALL).train(max_epochs=15, patience=5)
+    st = model._anchors()
+    assert st["groups"] == "clusters" and 2 <= st["count"].shape[1] <= 12
+    cf = model.get_counterfactual_expression("batch1")
+    assert cf.shape == (model.n_cells(), 250) and np.isfinite(cf).all()
+    back = sm.ScMEDAL.load(model.save(tmp_path / "m.safetensors"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        np.testing.assert_allclose(back.get_counterfactual_expression("batch1", adata=a),
+                                   model.get_counterfactual_expression("batch1", adata=a), atol=1e-5)

@@ -201,21 +201,39 @@ def choose_alpha(samples: dict, means: np.ndarray, log_means: np.ndarray, counts
     return float(min(ALPHAS, key=lambda a: err[a])), err
 
 
+#: Anchors (seeded subsample) that vote for the group of a cell of unknown label.
+MAX_VOTERS = 4000
+
+
 def assign_groups(fe_latent: np.ndarray, anchor_fe: np.ndarray, anchor_group: np.ndarray,
-                  known: np.ndarray | None = None) -> np.ndarray:
+                  known: np.ndarray | None = None, centroids: bool = False) -> np.ndarray:
     """Each cell's group: ``known`` where it is >= 0, else the majority group of its ``KNN`` nearest
-    anchors in the FE latent (ties: the nearest anchor's group)."""
+    anchors in the FE latent (ties: the nearest anchor's group; at most ``MAX_VOTERS`` anchors, a seeded
+    subsample, vote). ``centroids=True`` (groups that are k-means clusters of the anchors): the group of
+    the nearest cluster centre instead, as k-means assigns (fast for millions of cells)."""
     import torch
 
     n = fe_latent.shape[0]
     out = np.full(n, -1, dtype=np.int64) if known is None else np.asarray(known, dtype=np.int64).copy()
-    step = int(max(64, min(4096, 2e7 // max(len(anchor_group), 1))))  # distance matrix <= ~80 MB
     todo = np.flatnonzero(out < 0)
     valid = np.flatnonzero(np.asarray(anchor_group) >= 0)
     if todo.size == 0 or valid.size == 0:
         return out
+    groups_all = np.asarray(anchor_group)
+    if centroids:
+        ids = np.unique(groups_all[valid])
+        centre = torch.as_tensor(np.stack([np.asarray(anchor_fe)[groups_all == g].mean(0) for g in ids]),
+                                 dtype=torch.float32)
+        for i in range(0, todo.size, 65536):
+            rows = todo[i:i + 65536]
+            q = torch.as_tensor(np.asarray(fe_latent)[rows], dtype=torch.float32)
+            out[rows] = ids[torch.cdist(q, centre).argmin(1).numpy()]
+        return out
+    if valid.size > MAX_VOTERS:
+        valid = np.sort(np.random.default_rng(0).choice(valid, MAX_VOTERS, replace=False))
+    step = int(max(64, min(4096, 2e7 // valid.size)))  # distance matrix <= ~80 MB
     a = torch.as_tensor(np.asarray(anchor_fe)[valid], dtype=torch.float32)
-    groups = np.asarray(anchor_group)[valid]
+    groups = groups_all[valid]
     k = min(KNN, valid.size)
     n_groups = int(groups.max()) + 1
     for i in range(0, todo.size, step):

@@ -625,7 +625,7 @@ class ScMEDAL:
         known = None
         if st.get("groups") == "labels" and getattr(prep, "label", None) is not None:
             known = np.asarray(prep.label)
-        return st, assign_groups(fe, st["fe"], st["group"], known)
+        return st, assign_groups(fe, st["fe"], st["group"], known, centroids=st.get("groups") == "clusters")
 
     def _compute_anchors(self) -> dict[str, np.ndarray]:
         prep = self._prepare(None)
@@ -667,7 +667,8 @@ class ScMEDAL:
             for i in range(0, len(idx), 8192):
                 sub = prep.subset(idx[i:i + 8192])
                 known = np.asarray(sub.label) if kind == "labels" else None
-                groups = assign_groups(self._run("fe", sub, "latent"), anchor_fe, a_group, known)
+                groups = assign_groups(self._run("fe", sub, "latent"), anchor_fe, a_group, known,
+                                       centroids=kind == "clusters")
                 yield np.asarray(sub.X_log), np.asarray(sub.batch), groups
 
         from .counterfactual import ALPHA_BATCHES
