@@ -1,6 +1,6 @@
 """The "balanced" counterfactual: a cell's expression as if measured in another batch (the default).
 
-Measured against held-out truth (docs/benchmarks.md, "Counterfactuals against held-out truth"), the
+Measured against held-out truth (docs/benchmarks.md, "Counterfactual accuracy against truth"), the
 literal method (swap the RE one-hot) and the RE-latent shifts lose to a plain mean shift, because the
 RE decoder's output is dominated by its random effects. This method keeps what the networks do well
 and estimates the batch change where the data can support it:
@@ -19,17 +19,17 @@ and estimates the batch change where the data can support it:
      efficiency and depth do) plus ``1 - alpha`` x an additive one (the difference of mean log1p values,
      right where zeros do not scale, e.g. batch-specific dropout, corrected for level: ``beta`` x how far
      the cell's group sits above the average of those groups in the source batch, with ``beta`` the
-     slope of the groups' changes on their source levels, pooled over genes). ``alpha`` is chosen per model from the
-     training data by leave-one-group-out prediction (:func:`choose_alpha`), the situation of a cell type
-     that a batch lacks. A group absent from the target batch (``w = 0``) is *extrapolated*: flagged per
+     slope of the groups' changes on their source levels, pooled over genes). ``alpha`` is chosen per
+     model from the training data by leave-one-group-out prediction on the most-changed genes
+     (:func:`choose_alpha`), the situation of a cell type that a batch lacks. A group absent from the target batch (``w = 0``) is *extrapolated*: flagged per
      cell and warned about.
 3. **The counterfactual** -- ``base + w * own + (1 - w) * borrowed`` with ``base`` the cell's RE
    reconstruction (log1p units). For the cell's own batch the change is zero and the result is its RE
    reconstruction.
 
 The statistics (``means`` of normalised counts and ``log_means`` of log1p values: batches x groups x
-genes; ``counts``: batches x groups) come from the training split and are stored in the model file with
-the anchors.
+genes; ``counts``: batches x groups) come from the training and validation cells and are stored in the
+model file with the anchors.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import numpy as np
 __all__ = ["SHRINK_CELLS", "MIN_CELLS", "PSEUDO", "KNN", "ALPHAS", "group_stats", "changes", "apply_change",
            "choose_alpha", "assign_groups", "cluster_anchors"]
 
-#: Cells of a group in both batches at which the group's own ratio gets half the weight.
+#: Cells of a group in both batches at which the group's own change gets half the weight.
 SHRINK_CELLS = 20
 #: Fewest training cells of a group in a batch for the group to count as present there.
 MIN_CELLS = 5
