@@ -12,18 +12,21 @@ from typing import Any, Iterator
 import numpy as np
 
 
-def json_safe(obj: Any) -> Any:
+def json_safe(obj: Any, drop_none: bool = False) -> Any:
     """Plain-JSON copy of ``obj``: dict keys become strings, tuples and arrays lists, numpy
     scalars Python numbers, non-finite floats ``None``, ``str`` subclasses (e.g. torch's
-    ``TorchVersion``) plain strings and anything else its ``str``."""
+    ``TorchVersion``) plain strings and anything else its ``str``. ``drop_none``: entries that are or
+    become ``None`` are left out of dicts and lists (what ``.h5ad`` ``uns`` can store)."""
     if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
+        out = {str(k): json_safe(v, drop_none) for k, v in obj.items()}
+        return {k: v for k, v in out.items() if v is not None} if drop_none else out
     if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
+        out = [json_safe(v, drop_none) for v in obj]
+        return [v for v in out if v is not None] if drop_none else out
     if isinstance(obj, np.ndarray):
-        return json_safe(obj.tolist())
+        return json_safe(obj.tolist(), drop_none)
     if isinstance(obj, np.generic):
-        return json_safe(obj.item())
+        return json_safe(obj.item(), drop_none)
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if obj is None or isinstance(obj, (bool, int)):

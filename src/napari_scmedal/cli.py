@@ -17,6 +17,7 @@ import html
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -87,6 +88,12 @@ def _check_output_dir(out, inputs: Sequence[Path]) -> Path:
         if o.resolve() == ip:
             raise UsageError(f"The output folder {str(o)!r} is an input file. Choose another folder.")
     o.mkdir(parents=True, exist_ok=True)
+    try:  # fail now, not after hours of training
+        with tempfile.NamedTemporaryFile(dir=o, prefix=".scmedal-write-test-"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"The output folder {str(o)!r} is not writable ({exc.strerror}). Choose another "
+                         f"folder.") from None
     return o
 
 
@@ -102,7 +109,7 @@ def _write_json(path: Path, obj: Any) -> Path:
 
 def _write_h5ad(adata, path: Path) -> Path:
     if "scmedal" in adata.uns:  # plain JSON types only, so h5py can store it
-        adata.uns["scmedal"] = _json_safe(adata.uns["scmedal"])
+        adata.uns["scmedal"] = _json_safe(adata.uns["scmedal"], drop_none=True)
     with atomic_output(path) as tmp:
         adata.write_h5ad(tmp)
     return path
@@ -173,18 +180,6 @@ class _TrainProgress:
 def _warn(msg: str) -> None:
     """A warning the user must see: on stderr even with --quiet (like errors); the exit code is unchanged."""
     print(f"[{PROG}] WARNING: {msg}", file=sys.stderr, flush=True)
-
-
-def _train_model(model, **kw):
-    """``model.train(**kw)`` without Python's own TrainingHealthWarning output: the command prints the same
-    problems itself afterwards, from ``model.health`` (report_training)."""
-    import warnings
-
-    from .errors import TrainingHealthWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", TrainingHealthWarning)
-        return model.train(**kw)
 
 
 def report_training(model, con: _Console) -> int:
@@ -320,7 +315,8 @@ def _train(args, con: _Console, comm) -> int:
     bars = _TrainProgress(enabled=not args.quiet and main)
     t0 = time.perf_counter()
     try:
-        _train_model(model, max_epochs=args.epochs, patience=args.patience, batch_size=args.batch_size,
+        model.train(max_epochs=args.epochs, patience=args.patience, batch_size=args.batch_size,
+                    health_warnings=False,  # printed below, from model.health (report_training)
                      progress=bars, precision=args.precision, max_steps_per_epoch=args.steps_per_epoch,
                      max_time=args.max_time)
     finally:
@@ -627,18 +623,11 @@ def holdout_summary(df) -> "Any":
 
 
 def cmd_holdout(args, con: _Console) -> int:
-    import tempfile
-
     from .analysis import write_csv
     from .holdout import counterfactual_holdout, synthetic_truth
 
     adata, data_path = _read_data(args.data, layer=args.layer)
-    out = _check_output_dir(args.out, [data_path])
-    try:  # fail now, not after hours of training
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".scmedal-write-test-"):
-            pass
-    except OSError as exc:
-        raise UsageError(f"The output folder {str(out)!r} is not writable ({exc.strerror}). Choose another --out.") from None
+    out = _check_output_dir(args.out, [data_path])  # exists, is not an input, is writable
     for key, opt in ((args.batch_key, "--batch-key"), (args.label_key, "--label-key")):
         if key not in adata.obs.columns:
             raise UsageError(f"{opt} {key!r} is not an obs column of {data_path.name} (available: "
@@ -748,7 +737,8 @@ def cmd_demo(args, con: _Console) -> int:
     model = ScMEDAL(adata, **kw)
     bars = _TrainProgress(enabled=not args.quiet)
     try:
-        _train_model(model, max_epochs=cfg["epochs"], progress=bars)  # epochs: None = derived; --fast caps at 2
+        # epochs: None = derived; --fast caps at 2. Health is printed below, from model.health
+        model.train(max_epochs=cfg["epochs"], progress=bars, health_warnings=False)
     finally:
         bars.close()
     timings["train_s"] = time.perf_counter() - t0

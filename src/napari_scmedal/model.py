@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ._utils import new_file_mode
+from ._utils import json_safe, new_file_mode
 from .errors import DataError, ModelFileError, ScMEDALError, TrainingError
 from .models import FE, RE, FETask, RETask, Tensors, fit, is_cancelled, resolve_device
 from .models.defaults import BN_REFRESH_ROWS, derive_settings
@@ -277,7 +277,7 @@ class ScMEDAL:
     def train(self, max_epochs: int | None = None, patience: int | None = None, batch_size: int | None = None,
               progress=None, cancel=None, *, precision: str = "fp32", data_on_device="auto",
               max_steps_per_epoch: int | None = None, buffer_blocks: int = 4,
-              max_time: float | None = None) -> "ScMEDAL":
+              max_time: float | None = None, health_warnings: bool = True) -> "ScMEDAL":
         """Train FE, then FEC (when a label key is given), then RE; return ``self``.
 
         ``max_epochs``/``patience``/``batch_size`` default to the preset's; with the default ``"auto"``
@@ -285,7 +285,10 @@ class ScMEDAL:
         training cells (``model.derived`` says which and why). ``max_time`` (seconds) caps the whole
         call: each network gets an equal share of what is left when it starts (time a network does not
         use passes to the next) and stops at the end of the epoch that crosses it, with its best
-        weights (``history[kind]["stopped"] == "max_time"``). ``progress(info)`` is
+        weights (``history[kind]["stopped"] == "max_time"``). After each network its training health is
+        measured (``model.health``); problems raise a ``TrainingHealthWarning`` unless
+        ``health_warnings=False`` (for callers that show ``model.health`` themselves: the CLI, the widget).
+        ``progress(info)`` is
         called after every epoch with ``{"model", "epoch", "max_epochs", "train", "val",
         "elapsed_s", "eta_s", ...}``. ``cancel``: a ``threading.Event`` or a zero-argument callable;
         when it turns true training stops and the best weights so far are kept (later models are
@@ -360,7 +363,7 @@ class ScMEDAL:
                 if hist["best_epoch"] is not None and kind not in self._trained:
                     self._trained.append(kind)
                 if kind in self._trained and comm.is_main:
-                    self._check_health(kind, va if va.n else tr, tr)
+                    self._check_health(kind, va if va.n else tr, tr, warn=health_warnings)
                 if hist["stopped"] == "cancelled":
                     break
         return self
@@ -408,12 +411,13 @@ class ScMEDAL:
                           c["adam_eps"])
         return RETask(net, lr, c["re_w_recon"], c["re_w_batch"], c["kl_weight"], c["adam_eps"])
 
-    def _check_health(self, kind: str, val_source, train_source=None) -> None:
+    def _check_health(self, kind: str, val_source, train_source=None, warn: bool = True) -> None:
         """Measure the trained network on validation cells; warn (TrainingHealthWarning) when out of bounds."""
         from .models.health import check_network, warn_if_unhealthy
 
         self.health[kind] = check_network(self, kind, val_source, train_source=train_source)
-        warn_if_unhealthy(kind, self.health[kind])
+        if warn:
+            warn_if_unhealthy(kind, self.health[kind])
 
     # ------------------------------------------------------------------ inference
     def _training_adata(self, adata=None):
@@ -683,8 +687,9 @@ class ScMEDAL:
 
     def _anchors(self) -> dict[str, np.ndarray]:
         """FE and RE latents (and batch codes) of up to ``CF_ANCHORS_PER_BATCH`` training cells per
-        batch: the reference cells of the "matched" counterfactual. Computed on first use after training from
-        the training split (seeded subsample) and saved in the model file."""
+        batch (the reference cells of the "matched" counterfactual and the voters of the "balanced" one's
+        groups), and the "balanced" statistics (``_group_stats``). Computed on first use after training
+        and saved in the model file."""
         if self._cf_anchors is None:
             self._check_kind("fe", ("fe",))
             self._check_kind("re", ("re",))
@@ -867,7 +872,7 @@ class ScMEDAL:
             adata.obsm[f"X_scmedal_{k}"] = z
         s = self.summary()
         s["config"] = {k: v for k, v in s["config"].items() if v is not None}
-        adata.uns["scmedal"] = _without_none(json.loads(json.dumps(s)))  # a copy; h5ad cannot store None
+        adata.uns["scmedal"] = json_safe(s, drop_none=True)  # a copy; h5ad cannot store None
 
     # ------------------------------------------------------------------ save / load
     def save(self, path) -> Path:
@@ -972,15 +977,6 @@ class ScMEDAL:
                 raise ModelFileError(f"{path}: the stored genomap layout cannot be read ({e}); re-save the "
                                      f"model.") from None
         return obj
-
-
-def _without_none(obj):
-    """``obj`` with every None (and NaN) left out of dicts and lists, recursively (h5ad cannot store them)."""
-    if isinstance(obj, dict):
-        return {k: _without_none(v) for k, v in obj.items() if v is not None and v == v}
-    if isinstance(obj, list):
-        return [_without_none(v) for v in obj if v is not None and v == v]
-    return obj
 
 
 def _anchors_from_tensors(path: Path, tensors: dict, latent: int, n_batches: int, n_genes: int,
