@@ -175,6 +175,15 @@ def test_a_tiny_learning_rate_warns_and_names_the_fix():
     assert any("PROBLEM" in line for line in format_health(model.health))
 
 
+def test_callers_that_show_health_themselves_can_turn_the_warning_off():
+    model = sm.ScMEDAL(_syn(300), batch_key="batch", n_genes=250, seed=0, train_fec=False, lr=1e-7, **TINY)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        model.train(max_epochs=3, health_warnings=False)
+    assert not _health_warnings(rec)
+    assert model.health["re"]["ok"] is False and model.health["re"]["problems"]  # still measured and stored
+
+
 def test_the_paper_preset_on_a_few_hundred_cells_warns():
     # METHOD.md's settings assume tens of thousands of cells: one optimiser step per epoch here
     model = sm.ScMEDAL(_syn(300), batch_key="batch", label_key="cell_type", n_genes=250, seed=0,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import threading
 import time
-import warnings
 
 import numpy as np
 from napari.qt.threading import create_worker
@@ -374,13 +373,11 @@ class ModelWidget(QWidget):
         bridge, cancel = self._bridge, self._cancel
 
         def _train():
-            from napari_scmedal.errors import TrainingHealthWarning
             from napari_scmedal.model import ScMEDAL
 
             model = ScMEDAL(adata, **ctor)
-            with warnings.catch_warnings():  # shown once, from model.health, when the model is ready
-                warnings.simplefilter("ignore", TrainingHealthWarning)
-                model.train(progress=bridge.message.emit, cancel=cancel, **fit)
+            # health problems are shown once, from model.health, when the model is ready (show_training_report)
+            model.train(progress=bridge.message.emit, cancel=cancel, health_warnings=False, **fit)
             return model
 
         self._run(_train, lambda model: self._on_model_ready(model, layer, "trained"), training=True)

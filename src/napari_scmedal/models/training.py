@@ -522,7 +522,7 @@ def fit(task, train, val=None, *, max_epochs: int, patience: int, batch_size: in
         if sums is None:
             sums = torch.zeros(len(task.train_names), device=next(net.parameters()).device)
         if bn_refresh is not None and steps > 0:
-            _refresh_bn(task, train, int(bn_refresh), refresh_gen_seed, comm)
+            _refresh_bn(task, train, int(bn_refresh), refresh_gen_seed)
         if not single:  # global means over every rank's rows
             packed = torch.cat([sums.detach().to(torch.float64).reshape(-1),
                                 torch.tensor([float(steps)], dtype=torch.float64, device=sums.device)])
@@ -618,7 +618,7 @@ def _eta(per_epoch: float, epoch: int, max_epochs: int, min_epochs: int, patienc
     return float(eta)
 
 
-def _refresh_bn(task, train, max_rows: int, seed: int, comm) -> None:
+def _refresh_bn(task, train, max_rows: int, seed: int) -> None:
     """Recompute ``task.net``'s BatchNorm statistics on up to ``max_rows`` training rows drawn at random over
     the whole split (the same rows every epoch), in equal chunks of at most 8,192 rows; the raw network is
     used (never the DDP wrapper, whose forward would re-broadcast rank 0's buffers; rank 0's statistics
