@@ -224,3 +224,24 @@ def test_large_files_open_backed_and_train_out_of_core_from_the_widget(make_napa
     assert w.model.history["fe"]["config"]["backed"] is True
     assert any("FE latent" in ly.name for ly in viewer.layers)
     assert _sha(path) == before
+
+
+@pytest.mark.parametrize("backed", [False, True])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_reader_names_nan_data_in_its_own_words(tmp_path, monkeypatch, backed, bad):
+    """NaN/inf data without a stored UMAP/PCA: the project's message, not scikit-learn's (issue 13, item 8)."""
+    from napari_scmedal.errors import DataError
+
+    if backed:
+        monkeypatch.setenv("NAPARI_SCMEDAL_BACKED_GB", "0")
+    a = cellbench()[:120].copy()
+    a.obsm.clear()
+    X = a.X.toarray() if hasattr(a.X, "toarray") else np.array(a.X)
+    X[3, 7] = bad
+    a.X = X
+    path = tmp_path / "nan.h5ad"
+    a.write_h5ad(path)
+    before = _sha(path)
+    with pytest.raises(DataError, match="1 NaN or infinite values, so the cells cannot be placed") as exc:
+        napari_get_reader(str(path))(str(path))
+    assert "HistGradientBoosting" not in str(exc.value) and _sha(path) == before

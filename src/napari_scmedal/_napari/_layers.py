@@ -24,8 +24,17 @@ def log_normalised(X, counts: bool | None = None):
     import anndata as ad
     import scanpy as sc
 
-    from napari_scmedal.data import detect_input_kind
+    from scipy import sparse
 
+    from napari_scmedal.data import detect_input_kind
+    from napari_scmedal.errors import DataError
+
+    vals = X.data if sparse.issparse(X) else np.asarray(X)
+    n_bad = int(np.size(vals) - np.count_nonzero(np.isfinite(vals)))
+    if n_bad:
+        raise DataError(f"The expression matrix has {n_bad} NaN or infinite values, so the cells cannot be placed "
+                        "(no obsm['X_umap'] or obsm['X_pca'] to use instead). Remove or impute them (e.g. "
+                        "adata.X = np.nan_to_num(adata.X)), or store a 2-D embedding in obsm['X_umap'].")
     tmp = ad.AnnData(X=X.astype(np.float32))
     if counts is None:
         counts = detect_input_kind(tmp.X) == "counts"
