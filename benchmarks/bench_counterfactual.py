@@ -65,7 +65,7 @@ def main() -> dict:
            "n_cells": len(b), "n_genes": len(model.genes), "train_fe_re_s": train_s, "scores": {}, "time_s": {}}
     for method in ("matched", "reference"):
         t = time.perf_counter()
-        cfs = [model.get_counterfactual_expression(k, method=method) for k in range(nb)]
+        cfs = [model.get_counterfactual_expression(batch_index=k, method=method) for k in range(nb)]
         res["time_s"][method] = time.perf_counter() - t
         for cells_name, cells, min_n in (("all", np.ones(len(b), bool), 20), ("held_out", held, 10)):
             for space, ref in (("data", X), ("model", rec)):

@@ -88,7 +88,7 @@ def _counterfactual_scores(model, method):
     lab = model._adata.obs["cell_type"].astype(str).to_numpy()
     truth = np.log(model._adata[:, model.genes].varm["batch_effect"])  # genes x batches
     rec = model.get_reconstruction("re")
-    cfs = [model.get_counterfactual_expression(t, method=method) for t in range(3)]
+    cfs = [model.get_counterfactual_expression(batch_index=t, method=method) for t in range(3)]
     ratios, corrs, truth_corrs = [], [], []
     for s, t in permutations(range(3), 2):
         src = p.batch == s
@@ -125,14 +125,21 @@ def test_counterfactual_to_own_batch_is_the_re_reconstruction(trained):
         assert np.abs(other - trained.get_reconstruction("re")[src]).mean() > 0.01  # the target matters
         own = trained.get_counterfactual_expression(trained.batches[0], method=method)[src]
         np.testing.assert_allclose(own, trained.get_reconstruction("re")[src], rtol=1e-5, atol=1e-5)
-    assert not np.allclose(trained.get_counterfactual_expression(1, method="reference"),
-                           trained.get_counterfactual_expression(1))
+    assert not np.allclose(trained.get_counterfactual_expression(batch_index=1, method="reference"),
+                           trained.get_counterfactual_expression(batch_index=1))
     with pytest.raises(ScMEDALError, match="method"):
-        trained.get_counterfactual_expression(1, method="literal")
-    assert np.array_equal(trained.get_counterfactual_expression(0), trained.get_counterfactual_expression(
+        trained.get_counterfactual_expression(batch_index=1, method="literal")
+    assert np.array_equal(trained.get_counterfactual_expression(batch_index=0), trained.get_counterfactual_expression(
         trained.batches[0]))
     with pytest.raises(DataError, match="unknown target batch"):
         trained.get_counterfactual_expression("nope")
+    # target_batch is a name only: an integer is never taken as a position (issue 13, "Also")
+    with pytest.raises(DataError, match="target_batch is a batch name.*pass batch_index=1"):
+        trained.get_counterfactual_expression(1)
+    with pytest.raises(DataError, match="not both or neither"):
+        trained.get_counterfactual_expression(trained.batches[1], batch_index=1)
+    with pytest.raises(DataError, match="batch_index=7 is not a position"):
+        trained.get_counterfactual_expression(batch_index=7)
 
 
 def test_other_anndata_is_aligned_through_the_recipe(trained, syn):
@@ -166,8 +173,8 @@ def test_save_load_round_trip_is_identical(trained, syn, tmp_path):
         # the recipe reproduces the training preprocessing up to float rounding
         np.testing.assert_allclose(loaded.get_latent_representation(k, adata=ad),
                                    trained.get_latent_representation(k), rtol=1e-4, atol=1e-5)
-    assert np.array_equal(loaded.get_counterfactual_expression(1, adata=ad),
-                          trained.get_counterfactual_expression(1, adata=ad))
+    assert np.array_equal(loaded.get_counterfactual_expression(batch_index=1, adata=ad),
+                          trained.get_counterfactual_expression(batch_index=1, adata=ad))
     assert np.array_equal(loaded.get_reconstruction("fe", adata=ad, scaled=True),
                           trained.get_reconstruction("fe", adata=ad, scaled=True))
     with pytest.raises(DataError, match="pass adata="):
@@ -189,10 +196,10 @@ def test_file_without_counterfactual_anchors(trained, tmp_path):
     save_file({k: v for k, v in tensors.items() if not k.startswith("cf.")}, str(old), metadata=meta)
     loaded = sm.ScMEDAL.load(old)
     ad = trained._adata
-    assert np.array_equal(loaded.get_counterfactual_expression(1, adata=ad, method="reference"),
-                          trained.get_counterfactual_expression(1, adata=ad, method="reference"))
+    assert np.array_equal(loaded.get_counterfactual_expression(batch_index=1, adata=ad, method="reference"),
+                          trained.get_counterfactual_expression(batch_index=1, adata=ad, method="reference"))
     with pytest.raises(ScMEDALError, match="method='reference'"):
-        loaded.get_counterfactual_expression(1, adata=ad)
+        loaded.get_counterfactual_expression(batch_index=1, adata=ad)
     bad = tmp_path / "bad.safetensors"
     save_file({k: v for k, v in tensors.items() if k != "cf.batch"}, str(bad), metadata=meta)
     with pytest.raises(ModelFileError, match="anchors"):
@@ -349,21 +356,22 @@ def test_user_adata_is_not_modified(syn):
 
 def test_predict_versions_matches_the_per_version_api(trained, syn):
     sub = syn[syn.obs_names[:30]].copy()
-    v = trained.predict_versions(sub, ["batch1", 2] if "batch1" in trained.batches else [1, 2])
+    b1, b2 = trained.batches[1], trained.batches[2]
+    v = trained.predict_versions(sub, [b1, b2])
     keys = [k for k in v if k.startswith("cf:")]
     assert len(keys) == 2
     np.testing.assert_allclose(v["re"], trained.get_reconstruction("re", adata=sub), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(v["fe"], trained.get_reconstruction("fe", adata=sub), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(v[keys[1]], trained.get_counterfactual_expression(2, adata=sub), rtol=1e-5,
+    np.testing.assert_allclose(v[keys[1]], trained.get_counterfactual_expression(batch_index=2, adata=sub), rtol=1e-5,
                                atol=1e-5)
     assert v["original"].shape == (30, 250) and v["batch"].shape == (30,)
     # the same default method as get_counterfactual_expression; "reference" on request
-    ref = trained.predict_versions(sub, [2], method="reference")
-    np.testing.assert_allclose(ref["cf:2"], trained.get_counterfactual_expression(2, adata=sub, method="reference"),
+    ref = trained.predict_versions(sub, [b2], method="reference")
+    np.testing.assert_allclose(ref[f"cf:{b2}"], trained.get_counterfactual_expression(batch_index=2, adata=sub, method="reference"),
                                rtol=1e-5, atol=1e-5)
-    assert not np.allclose(ref["cf:2"], v[keys[1]])
+    assert not np.allclose(ref[f"cf:{b2}"], v[keys[1]])
     # a subset of cells gets the same counterfactuals as in the whole data (anchors come from training)
-    full = trained.get_counterfactual_expression(2, adata=syn)
+    full = trained.get_counterfactual_expression(batch_index=2, adata=syn)
     np.testing.assert_allclose(v[keys[1]], full[:30], rtol=1e-5, atol=1e-5)
 
 

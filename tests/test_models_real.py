@@ -82,7 +82,7 @@ def _pair_scores(model, method, target_space="data"):
     drop = np.array(["Dropseq" in b for b in model.batches])
     out = {"cross": [], "same": []}
     for t in range(len(model.batches)):
-        cf = model.get_counterfactual_expression(t, method=method)
+        cf = model.get_counterfactual_expression(batch_index=t, method=method)
         for s in range(len(model.batches)):
             for line in np.unique(lab):
                 ms, mt = (p.batch == s) & (lab == line), (p.batch == t) & (lab == line)

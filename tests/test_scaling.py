@@ -311,12 +311,12 @@ def test_two_process_gloo_training_completes_and_its_model_loads(syn_file, tmp_p
 
 
 def test_a_model_of_too_many_cells_to_list_still_saves_and_loads(syn_file, tmp_path, monkeypatch):
-    import napari_scmedal.model as model_module
+    import napari_scmedal.modelfile as modelfile
     from napari_scmedal.metrics import evaluate_model
 
     a, _ = syn_file
     m = ScMEDAL(a, **TINY).train(max_epochs=1)
-    monkeypatch.setattr(model_module, "_MAX_SPLIT_JSON", 1000)  # as if it had millions of cells
+    monkeypatch.setattr(modelfile, "MAX_SPLIT_JSON", 1000)  # as if it had millions of cells
     with pytest.warns(RuntimeWarning, match="not stored"):
         path = m.save(tmp_path / "big.safetensors")
     back = ScMEDAL.load(path)

@@ -45,15 +45,68 @@ def new_file_mode(path) -> int:
         return 0o666 & ~mask
 
 
+def check_writable_folder(folder, error: type[Exception] = OSError, what: str = "output folder") -> Path:
+    """Create ``folder`` when missing and prove that files can be written there (a temporary file is
+    created and removed), so that work fails *before* hours of training rather than at the final save.
+    Raises ``error`` with a one-line message naming the folder, the reason and the fix."""
+    folder = Path(os.fspath(folder)).expanduser()
+    if not str(folder):
+        folder = Path(".")
+    if folder.exists() and not folder.is_dir():
+        raise error(f"The {what} {str(folder)!r} is a file, not a folder. Choose another location.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".scmedal-write-test-"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise error(f"The {what} {str(folder)!r} is not writable ({reason}). Choose another location "
+                    f"(or fix its permissions).") from None
+    return folder
+
+
+#: Temporary files of a killed write (our own ``.NAME.XXXXXXXX<suffix>`` pattern) older than this are removed
+#: by the next write to the same path; younger ones may belong to a write still running elsewhere.
+STALE_TEMP_SECONDS = 600.0
+
+
+def remove_stale_temps(path, suffix: str, min_age: float = STALE_TEMP_SECONDS) -> list[str]:
+    """Delete leftovers of killed atomic writes to ``path`` (same folder, our temp-name pattern, older
+    than ``min_age`` seconds). Returns the names removed; errors (permissions, races) are ignored."""
+    import re
+    import time
+
+    path = Path(path)
+    pat = re.compile(r"\." + re.escape(path.name) + r"\.[A-Za-z0-9_]{8}" + re.escape(suffix) + r"\Z")
+    removed = []
+    try:
+        entries = list(os.scandir(path.parent if str(path.parent) else "."))
+    except OSError:
+        return removed
+    now = time.time()
+    for e in entries:
+        try:
+            if pat.match(e.name) and e.is_file(follow_symlinks=False) and now - e.stat().st_mtime > min_age:
+                os.remove(e.path)
+                removed.append(e.name)
+        except OSError:
+            pass
+    return removed
+
+
 @contextmanager
 def atomic_output(path, suffix: str | None = None) -> Iterator[str]:
     """Write ``path`` atomically: yields a temporary file name in the same folder (same suffix
     by default, so writers that look at the extension behave); when the block succeeds the file is
-    fsync'ed and moved over ``path`` with ``os.replace``, otherwise it is removed and any existing
-    ``path`` is left untouched. The folder is created when missing."""
+    fsync'ed and moved over ``path`` with ``os.replace`` (and the folder fsync'ed so the rename is
+    durable), otherwise it is removed and any existing ``path`` is left untouched. The folder is created
+    when missing. Temporary files that a killed earlier write to ``path`` left behind are removed
+    (:func:`remove_stale_temps`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix if suffix is None else suffix)
+    suffix = path.suffix if suffix is None else suffix
+    remove_stale_temps(path, suffix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
     try:
         yield tmp
@@ -64,3 +117,11 @@ def atomic_output(path, suffix: str | None = None) -> Iterator[str]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+    try:  # make the rename durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:  # pragma: no cover - some filesystems refuse a folder fsync
+        pass

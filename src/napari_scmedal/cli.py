@@ -17,12 +17,11 @@ import html
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from ._utils import atomic_output
+from ._utils import atomic_output, check_writable_folder
 from ._utils import json_safe as _json_safe
 from .errors import ScMEDALError
 
@@ -74,8 +73,7 @@ def _check_output_file(out, inputs: Sequence[Path], what: str) -> Path:
             )
     if o.exists() and o.is_dir():
         raise UsageError(f"The {what} {str(o)!r} is a folder; give a file name.")
-    parent = o.parent if str(o.parent) else Path(".")
-    parent.mkdir(parents=True, exist_ok=True)
+    check_writable_folder(o.parent, UsageError, f"folder of the {what}")  # fail now, not after training
     return o
 
 
@@ -87,14 +85,7 @@ def _check_output_dir(out, inputs: Sequence[Path]) -> Path:
         ip = Path(i).resolve()
         if o.resolve() == ip:
             raise UsageError(f"The output folder {str(o)!r} is an input file. Choose another folder.")
-    o.mkdir(parents=True, exist_ok=True)
-    try:  # fail now, not after hours of training
-        with tempfile.NamedTemporaryFile(dir=o, prefix=".scmedal-write-test-"):
-            pass
-    except OSError as exc:
-        raise UsageError(f"The output folder {str(o)!r} is not writable ({exc.strerror}). Choose another "
-                         f"folder.") from None
-    return o
+    return check_writable_folder(o, UsageError, "output folder")  # fail now, not after hours of training
 
 
 def _write_text(path: Path, text: str) -> Path:
@@ -218,6 +209,7 @@ def _load_model(path, args, health: bool = True):
 
     p = _existing_file(path, "model file")
     model = ScMEDAL.load(p, **_device_kw(ScMEDAL.load, args))
+    model.size_factor_key = getattr(args, "size_factor_key", None)
     if health and report_health(getattr(model, "health", None), _Console(quiet=True), full=False):
         _warn(f"{p.name} was saved with the training-health problems above; its outputs may be unreliable "
               "('scmedal evaluate' shows its health).")
@@ -286,7 +278,8 @@ def _train(args, con: _Console, comm) -> int:
         raise UsageError(f"--steps-per-epoch must be at least 1 (got {args.steps_per_epoch}).")
     if args.max_time is not None and not args.max_time > 0:
         raise UsageError(f"--max-time must be a positive number of seconds (got {args.max_time:g}).")
-    kw = dict(batch_key=args.batch_key, label_key=args.label_key, seed=args.seed, preset=args.preset)
+    kw = dict(batch_key=args.batch_key, label_key=args.label_key, seed=args.seed, preset=args.preset,
+              input_kind=args.input_kind)
     if args.genes is not None:
         kw["n_genes"] = args.genes
     if args.device is not None:
@@ -369,17 +362,22 @@ def cmd_embed(args, con: _Console) -> int:
         if missing:
             raise UsageError(f"{len(missing)} model genes are not in {data_path.name} (e.g. {missing[:3]}); "
                              "reconstructions cannot be stored as layers of this file.")
-        adata = adata[:, genes].copy()
+        # computed from the FULL data (every normalisation gene makes the library size), exactly as
+        # model.get_reconstruction / get_counterfactual_expression(adata=...) give them; then the file keeps
+        # the model's genes so that the layers align with var
+        layers = {}
         if args.reconstructions:
             for kind in ("fe", "re"):
-                adata.layers[f"scmedal_{kind}_reconstruction"] = np.asarray(
+                layers[f"scmedal_{kind}_reconstruction"] = np.asarray(
                     model.get_reconstruction(kind, adata=adata), dtype=np.float32)
         from tqdm.auto import tqdm
 
         for b in tqdm(cf_batches or [], desc="counterfactuals", unit="batch", file=sys.stderr,
                       disable=args.quiet):
-            adata.layers[f"scmedal_counterfactual_{b}"] = np.asarray(
+            layers[f"scmedal_counterfactual_{b}"] = np.asarray(
                 model.get_counterfactual_expression(b, adata=adata), dtype=np.float32)
+        adata = adata[:, genes].copy()
+        adata.layers.update(layers)
         adata.uns["scmedal_layers"] = {
             "units": "log1p-normalised expression (target sum of the model's recipe)",
             "note": "the file keeps only the model's genes so that layers align with var",
@@ -1011,6 +1009,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cap the whole training at about this many seconds: each network stops at the end of the "
                         "epoch that crosses its share, keeping its best weights (default: no cap)")
     t.add_argument("--layer", default=None, help="use this layer instead of X (e.g. counts)")
+    t.add_argument("--input-kind", choices=["auto", "counts", "lognorm"], default="auto",
+                   help="what the matrix holds: raw counts, log1p-normalised values, or 'auto' (default: integers "
+                        "are counts, docs/data.md)")
     t.add_argument("--layout", action=argparse.BooleanOptionalAction, default=True,
                    help="compute the genomap layout now and store it in the model file (default: yes)")
     t.add_argument("--backed", action="store_true",
@@ -1034,6 +1035,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--counterfactuals", nargs="*", default=None, metavar="BATCH",
                    help="add counterfactual layers for these batches (no name: every batch)")
     e.add_argument("--layer", default=None, help="use this layer instead of X")
+    e.add_argument("--size-factor-key", default=None, metavar="OBS_COLUMN",
+                    help="obs column of per-cell total counts, used as library sizes instead of the sum over the "
+                         "model's normalisation genes (for count data lacking some of them)")
     e.add_argument("--backed", action="store_true",
                    help="for files larger than memory: latents computed block by block, written into a copy of "
                         "the file (latents only)")
@@ -1065,6 +1069,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "(comma-separated), on the selected cells")
     gm.add_argument("--alpha", type=float, default=0.05, help="FDR level for --test (default 0.05)")
     gm.add_argument("--layer", default=None)
+    gm.add_argument("--size-factor-key", default=None, metavar="OBS_COLUMN",
+                    help="obs column of per-cell total counts, used as library sizes instead of the sum over the "
+                         "model's normalisation genes (for count data lacking some of them)")
     gm.add_argument("--backed", action="store_true",
                     help="open the data backed (files larger than memory): only the chosen cells are read")
     gm.add_argument("--out", required=True, metavar="DIR", help="output folder")
@@ -1081,6 +1088,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="classify with whole batches held out (the fairer protocol)")
     ev.add_argument("--subsample", type=int, default=10000, help="cells per score (default 10000)")
     ev.add_argument("--layer", default=None)
+    ev.add_argument("--size-factor-key", default=None, metavar="OBS_COLUMN",
+                    help="obs column of per-cell total counts, used as library sizes instead of the sum over the "
+                         "model's normalisation genes (for count data lacking some of them)")
     ev.add_argument("--backed", action="store_true",
                     help="open the data backed (files larger than memory): latents are computed block by block")
     ev.add_argument("--out", required=True, metavar="DIR")

@@ -13,28 +13,26 @@ See docs/model.md for the presets, the hyperparameters and the file format.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
-import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ._utils import json_safe, new_file_mode
+from ._utils import json_safe
 from .errors import DataError, ModelFileError, ScMEDALError, TrainingError
 from .models import FE, RE, FETask, RETask, Tensors, fit, is_cancelled, resolve_device
-from .models.defaults import BN_REFRESH_ROWS, derive_settings
+from .models.defaults import BN_REFRESH_ROWS, derive_settings, validate_config
+from .modelfile import (FILE_FORMAT, FILE_VERSION, anchors_from_tensors, check_shapes, read_model_file, read_tensors,
+                        write_model_file)
 from .nn import set_bn_momentum
 
 __all__ = ["ScMEDAL", "PRESETS", "DEFAULT_PRESET", "CF_DEFAULT", "FILE_FORMAT", "FILE_VERSION", "CF_METHODS", "CF_NEIGHBOURS",
            "CF_ANCHORS_PER_BATCH"]
-
-FILE_FORMAT = "napari-scmedal-model"
-FILE_VERSION = 1
 
 #: Hyperparameters of the presets. "paper" = METHOD.md section 3 (reference defaults, AML weights);
 #: "quick" = laptop setting tuned on the bundled CellBench sample (see docs/model.md).
@@ -189,9 +187,7 @@ class ScMEDAL:
                                f"(see napari_scmedal.model.PRESETS).")
         for k, v in hyperparameters.items():
             config[k] = list(v) if isinstance(v, tuple) else v
-        if config["kl_estimator"] not in ("sample", "analytic"):
-            raise ScMEDALError("kl_estimator must be 'sample' (reference) or 'analytic'.")
-        return config
+        return validate_config(config, ScMEDALError)
 
     def _init_common(self, recipe, config, preset, seed, device, threads):
         self.recipe = recipe
@@ -219,21 +215,7 @@ class ScMEDAL:
         self._cf_anchors: dict[str, np.ndarray] | None = None
 
     def _build_networks(self):
-        c = self.config
-        G, B = self.recipe.n_genes, len(self.recipe.batches)
-        K = len(self.recipe.labels) if self.recipe.labels else 0
-        hidden, latent = tuple(c["hidden"]), int(c["latent"])
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            self.nets: dict[str, torch.nn.Module] = {
-                "fe": FE(G, B, None, hidden, latent),
-                "re": RE(G, B, hidden, latent, prior_sd=c["prior_sd"], kl_estimator=c["kl_estimator"]),
-            }
-            if K >= 2 and c["train_fec"]:
-                self.nets["fec"] = FE(G, B, K, hidden, latent)
-        for net in self.nets.values():
-            set_bn_momentum(net, c["bn_momentum"])
-            net.to(self.device).eval()
+        self.nets: dict[str, torch.nn.Module] = _make_networks(self.recipe, self.config, self.seed, self.device)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -247,6 +229,21 @@ class ScMEDAL:
     @property
     def labels(self) -> list[str] | None:
         return None if self.recipe.labels is None else list(self.recipe.labels)
+
+    @property
+    def size_factor_key(self) -> str | None:
+        """Inference option: an ``obs`` column of per-cell total counts used as each cell's library size
+        instead of the sum over the model's normalisation genes. Needed for count data that lack some of
+        those genes (e.g. a gene panel, or ``adata[:, model.genes]``), which are otherwise refused because
+        every normalised value would shift. ``None`` (default): sum the normalisation genes."""
+        return self.recipe.size_factor_key
+
+    @size_factor_key.setter
+    def size_factor_key(self, key: str | None) -> None:
+        if key is not None and not isinstance(key, str):
+            raise ScMEDALError(f"size_factor_key must be an obs column name or None (got {key!r}).")
+        self.recipe.size_factor_key = key
+        self.__dict__.pop("_lazy_views", None)  # cached views were aligned with the old setting
 
     @property
     def trained_kinds(self) -> list[str]:
@@ -535,16 +532,26 @@ class ScMEDAL:
         out = self._run(kind, self._prepare(adata), "recon")
         return out if scaled else self.recipe.unscale(out).astype(np.float32, copy=False)
 
-    def _batch_index(self, target_batch) -> int:
+    def _batch_index(self, target_batch=None, batch_index=None) -> int:
+        """Position of a target batch given by name (``target_batch``; names only, so a batch called "1"
+        is never confused with position 1) or by position (``batch_index``); exactly one of them."""
         names = self.batches
-        if isinstance(target_batch, str) or str(target_batch) in names:
-            if str(target_batch) in names:
-                return names.index(str(target_batch))
-        elif isinstance(target_batch, (int, np.integer)) and 0 <= int(target_batch) < len(names):
-            return int(target_batch)
         shown = names if len(names) <= 20 else names[:20] + ["..."]
-        raise DataError(f"unknown target batch {target_batch!r}; the model knows these batches: {shown} "
-                        f"(or pass an index 0..{len(names) - 1}).")
+        if (target_batch is None) == (batch_index is None):
+            raise DataError("give the target batch either by name (target_batch='...') or by position "
+                            f"(batch_index=0..{len(names) - 1}), not both or neither; batches: {shown}.")
+        if batch_index is not None:
+            if isinstance(batch_index, (bool, np.bool_)) or not isinstance(batch_index, (int, np.integer)) or \
+                    not 0 <= int(batch_index) < len(names):
+                raise DataError(f"batch_index={batch_index!r} is not a position 0..{len(names) - 1} among the "
+                                f"model's batches {shown}.")
+            return int(batch_index)
+        if str(target_batch) in names:
+            return names.index(str(target_batch))
+        hint = (f" For the batch at position {int(target_batch)} pass batch_index={int(target_batch)}."
+                if isinstance(target_batch, (int, np.integer)) and not isinstance(target_batch, bool) else "")
+        raise DataError(f"unknown target batch {target_batch!r}; target_batch is a batch name and the model knows "
+                        f"these batches: {shown}.{hint}")
 
     def _check_method(self, method) -> str:
         if method not in CF_METHODS:
@@ -598,14 +605,14 @@ class ScMEDAL:
             flags.append(flag)
         return outs, flags
 
-    def counterfactual_extrapolated(self, target_batch, adata=None) -> np.ndarray:
+    def counterfactual_extrapolated(self, target_batch=None, adata=None, *, batch_index=None) -> np.ndarray:
         """Per cell, True when its ("balanced") counterfactual into ``target_batch`` is extrapolated: the
         cell's type (label, or FE-latent group without labels) has too few training cells in the target
         batch or its own, so its batch change is borrowed from the other types."""
         from .counterfactual import changes
 
         self._check_kind("re", ("re",))
-        t = self._batch_index(target_batch)
+        t = self._batch_index(target_batch, batch_index)
         prep = self._prepare(adata)
         st, groups = self._cf_groups(prep)
         own = np.asarray(prep.batch)
@@ -754,9 +761,11 @@ class ScMEDAL:
         return [np.concatenate(o).astype(np.float32, copy=False) if o else np.zeros((0, G), np.float32)
                 for o in outs]
 
-    def get_counterfactual_expression(self, target_batch, adata=None, scaled: bool = False,
-                                      batch_size: int = 4096, method: str = CF_DEFAULT) -> np.ndarray:
-        """Each cell's expression as if acquired in ``target_batch`` (a batch name or index),
+    def get_counterfactual_expression(self, target_batch=None, adata=None, scaled: bool = False,
+                                      batch_size: int = 4096, method: str = CF_DEFAULT, *,
+                                      batch_index: int | None = None) -> np.ndarray:
+        """Each cell's expression as if acquired in ``target_batch`` (a batch name; or give its position
+        with ``batch_index=``),
         ``(n_cells, n_genes)``, log1p units unless ``scaled=True``. For a cell's own batch the result is
         its RE reconstruction.
 
@@ -769,7 +778,7 @@ class ScMEDAL:
         cells, then decoded with the target batch's random effects. ``method="reference"``: METHOD.md literally, the whole RE autoencoder with the
         one-hot replaced by the target batch (overshoots: see docs/model.md, "Counterfactuals")."""
         self._check_kind("re", ("re",))
-        b = self._batch_index(target_batch)
+        b = self._batch_index(target_batch, batch_index)
         prep = self._prepare(adata)
         method = self._check_method(method)
         if method != "balanced":
@@ -878,12 +887,8 @@ class ScMEDAL:
     def save(self, path) -> Path:
         """Write one safetensors file (all networks' tensors + JSON metadata) atomically: a temp file
         in the same folder is written, fsync'ed and renamed over ``path``; an error mid-save leaves an
-        existing file untouched. Returns the path."""
-        from safetensors.torch import save as st_save
-
-        path = Path(path)
-        if path.is_dir():
-            raise ModelFileError(f"{path} is a folder; give a file name such as {path / 'model.safetensors'}.")
+        existing file untouched (napari_scmedal.modelfile). Raises ModelFileError for a missing or
+        unwritable folder. Returns the path."""
         tensors = {}
         for kind, net in self.nets.items():
             for k, v in net.state_dict().items():
@@ -896,55 +901,45 @@ class ScMEDAL:
             for k in ("fe", "re", "batch", "group", "mean", "logmean", "count", "alpha"):
                 if k in anchors:
                     tensors[f"cf.{k}"] = torch.as_tensor(np.ascontiguousarray(anchors[k]))
-        layout = None
-        if self.layout is not None:
-            layout = self.layout.to_dict()
         meta = {
             "format": FILE_FORMAT, "format_version": FILE_VERSION, "preset": self.preset, "seed": self.seed,
             "config": self.config, "recipe": self.recipe.to_dict(), "genes": self.genes,
             "batches": self.batches, "labels": self.labels, "networks": sorted(self.nets),
             "trained": list(self._trained), "history": self.history, "splits": self.splits,
-            "versions": _versions(), "layout": layout, "health": self.health, "derived": self.derived,
+            "versions": _versions(), "layout": None if self.layout is None else self.layout.to_dict(),
+            "health": self.health, "derived": self.derived,
             "cf_groups": None if anchors is None else anchors.get("groups"),
         }
-        text = json.dumps(meta)
-        if len(text) > _MAX_SPLIT_JSON:  # millions of cells: the split's cell names would overflow the header
-            import warnings
-
-            n = sum(len(v) for v in self.splits.values())
-            meta["splits"] = {}
-            meta["splits_omitted"] = (f"{n} cell names did not fit the model file's header; the split is "
-                                      f"reproducible from the data with split_seed={self.config['split_seed']}")
-            warnings.warn(f"the train/val/test cell names ({n} cells) are not stored in {path.name}: too many for "
-                          f"the file header. The split is reproducible from the same data and split_seed.",
-                          RuntimeWarning, stacklevel=2)
-            text = json.dumps(meta)
-        blob = st_save(tensors, metadata={"format": FILE_FORMAT, "format_version": str(FILE_VERSION),
-                                          "scmedal": text})
-        _atomic_write(path, blob)
-        return path
+        return write_model_file(path, tensors, meta)
 
     @classmethod
     def load(cls, path, device=None, threads: int | None = None) -> "ScMEDAL":
-        """Load a model written by :meth:`save`. Never unpickles. Raises :class:`ModelFileError` for
-        a missing, truncated, corrupt, foreign or newer-version file. The loaded model carries no
-        training data: pass ``adata=`` to the inference methods."""
+        """Load a model written by :meth:`save`. Never unpickles, never trusts the metadata: the
+        configuration and the preprocessing recipe are validated and the tensor shapes they imply are
+        checked against the file's header before any network is built. Raises :class:`ModelFileError`
+        for a missing, truncated, corrupt, foreign, inconsistent or newer-version file. The loaded model
+        carries no training data: pass ``adata=`` to the inference methods."""
+        from .data.recipe import Recipe
+        from .models.health import NOT_CHECKED
+
         path = Path(path)
-        meta = _read_metadata(path)
+        meta, shapes = read_model_file(path)
         try:
-            from .data.recipe import Recipe
-
             recipe = Recipe.from_dict(meta["recipe"])
-            obj = cls.__new__(cls)
-            obj._init_common(recipe, meta["config"], meta["preset"], meta["seed"], device, threads)
-            obj._build_networks()
-            if sorted(obj.nets) != sorted(meta["networks"]):
+            config = validate_config(dict(meta["config"]), ModelFileError, f"{path}: the stored ")
+            seed = meta["seed"]
+            if isinstance(seed, bool) or not isinstance(seed, int):
+                raise ModelFileError(f"{path}: the stored seed {seed!r} is not a whole number; the file is damaged.")
+            expected = _make_networks(recipe, config, seed, "meta")  # shapes only, nothing allocated
+            if sorted(expected) != sorted(meta["networks"]):
                 raise ModelFileError(f"{path}: the file lists networks {meta['networks']} but its configuration "
-                                     f"builds {sorted(obj.nets)}; the file is inconsistent (re-save the model).")
+                                     f"builds {sorted(expected)}; the file is inconsistent (re-save the model).")
+            check_shapes(path, {f"{kind}.{k}": tuple(v.shape) for kind, net in expected.items()
+                                for k, v in net.state_dict().items()}, shapes, ("fe.", "fec.", "re."))
+            obj = cls.__new__(cls)
+            obj._init_common(recipe, config, meta["preset"], seed, device, threads)
             obj.history = meta.get("history") or {}
-            obj._trained = list(meta.get("trained") or [])
-            from .models.health import NOT_CHECKED
-
+            obj._trained = [k for k in (meta.get("trained") or []) if k in expected]
             stored = meta.get("health")
             obj.health = ({k: dict(NOT_CHECKED) for k in obj._trained} if not isinstance(stored, dict)
                           else {k: stored.get(k, dict(NOT_CHECKED)) for k in obj._trained})
@@ -955,19 +950,15 @@ class ScMEDAL:
         except Exception as e:  # malformed metadata
             raise ModelFileError(f"{path}: the model metadata is malformed ({type(e).__name__}: {e}); the file "
                                  f"is damaged or was not written by napari-scmedal. Re-save or retrain.") from None
-        tensors = _read_tensors(path)
+        obj._build_networks()
+        tensors = read_tensors(path)
         for kind, net in obj.nets.items():
             prefix = f"{kind}."
-            sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-            try:
-                net.load_state_dict(sd, strict=True)
-            except RuntimeError as e:
-                raise ModelFileError(f"{path}: the {kind.upper()} weights do not fit the stored configuration "
-                                     f"({str(e).splitlines()[0]}); the file is damaged. Re-save or retrain.") from None
+            net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=True)
             net.to(obj.device).eval()
         if any(k.startswith("cf.") for k in tensors):
-            obj._cf_anchors = _anchors_from_tensors(path, tensors, int(obj.config["latent"]), len(obj.batches),
-                                                    obj.recipe.n_genes, meta.get("cf_groups"))
+            obj._cf_anchors = anchors_from_tensors(path, tensors, int(obj.config["latent"]), len(obj.batches),
+                                                   obj.recipe.n_genes, meta.get("cf_groups"))
         if meta.get("layout") is not None:
             from .genomap import GenomapLayout
 
@@ -979,142 +970,26 @@ class ScMEDAL:
         return obj
 
 
-def _anchors_from_tensors(path: Path, tensors: dict, latent: int, n_batches: int, n_genes: int,
-                          groups_kind=None) -> dict[str, np.ndarray]:
-    try:
-        fe, re_, b = (tensors[f"cf.{k}"].numpy() for k in ("fe", "re", "batch"))
-        ok = (fe.ndim == 2 and fe.shape[1] == latent and re_.shape == fe.shape and b.shape == (fe.shape[0],)
-              and b.dtype == np.int64 and (b.size == 0 or (b.min() >= 0 and b.max() < n_batches)))
-    except KeyError:
-        ok = False
-    if not ok:
-        raise ModelFileError(f"{path}: the counterfactual anchors (cf.fe, cf.re, cf.batch) are incomplete or do "
-                             f"not fit the stored configuration; the file is damaged. Re-save or retrain.")
-    out = {"fe": fe.astype(np.float32, copy=False), "re": re_.astype(np.float32, copy=False), "batch": b}
-    stats = [k for k in ("group", "mean", "logmean", "count", "alpha") if f"cf.{k}" in tensors]
-    if stats:  # the "balanced" counterfactual's statistics (files written before it have none)
-        try:
-            g, m, lm, c, al = (tensors[f"cf.{k}"].numpy() for k in ("group", "mean", "logmean", "count", "alpha"))
-            k = c.shape[1] if c.ndim == 2 else -1
-            ok = (len(stats) == 5 and groups_kind in ("labels", "clusters") and g.shape == b.shape
-                  and al.shape == (1,) and 0.0 <= float(al[0]) <= 1.0
-                  and g.dtype == np.int64 and c.shape == (n_batches, k) and m.shape == (n_batches, k, n_genes)
-                  and lm.shape == m.shape and (g.size == 0 or g.max() < k))
-        except KeyError:
-            ok = False
-        if not ok:
-            raise ModelFileError(f"{path}: the counterfactual statistics (cf.group, cf.mean, cf.logmean, cf.count, cf.alpha) "
-                                 f"are incomplete or do not fit the stored configuration; the file is damaged. "
-                                 f"Re-save or retrain.")
-        out.update({"group": g, "groups": groups_kind, "mean": m.astype(np.float32, copy=False),
-                    "logmean": lm.astype(np.float32, copy=False), "count": c, "alpha": al.astype(np.float32)})
-    return out
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.exists():
-        raise ModelFileError(f"cannot save to {path}: the folder {parent} does not exist; create it first.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, new_file_mode(path))
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename durable
-        dfd = os.open(parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:  # pragma: no cover - some filesystems refuse directory fsync
-        pass
-
-
-_MAX_HEADER = 100 * 1024 * 1024
-#: Largest JSON metadata written (safetensors refuses headers over 100 MB); past it the split's names are left out.
-_MAX_SPLIT_JSON = 60 * 1024 * 1024
-
-
-def _read_header(path: Path) -> tuple[dict, int]:
-    if not path.exists():
-        raise ModelFileError(f"no model file at {path}; check the path (models are saved with model.save(path)).")
-    if path.is_dir():
-        raise ModelFileError(f"{path} is a folder, not a model file; pass the .safetensors file written by "
-                             f"model.save().")
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise ModelFileError(f"{path} is empty or truncated ({size} bytes); it is not a napari-scmedal model. "
-                                 f"Re-save or retrain the model.")
-        (n,) = struct.unpack("<Q", head)
-        if n == 0 or n > _MAX_HEADER or n > size - 8:
-            raise ModelFileError(f"{path} is not a napari-scmedal model file (no valid safetensors header); it may "
-                                 f"be truncated, corrupt or another kind of file. Re-save or retrain the model.")
-        raw = f.read(n)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-        if not isinstance(header, dict):
-            raise ValueError("header is not an object")
-    except (UnicodeDecodeError, ValueError):
-        raise ModelFileError(f"{path} has a corrupt header; it is not a readable napari-scmedal model. Re-save or "
-                             f"retrain the model.") from None
-    return header, 8 + n
-
-
-def _read_metadata(path: Path) -> dict:
-    header, data_start = _read_header(path)
-    md = header.get("__metadata__") or {}
-    if md.get("format") != FILE_FORMAT:
-        raise ModelFileError(f"{path} is a safetensors file but not a napari-scmedal model (format marker "
-                             f"{md.get('format')!r} instead of {FILE_FORMAT!r}); load it with the tool that "
-                             f"wrote it.")
-    try:
-        version = int(md.get("format_version", "0"))
-    except ValueError:
-        version = -1
-    if version > FILE_VERSION:
-        raise ModelFileError(f"{path} was written by a newer napari-scmedal (model format {version}; this "
-                             f"version reads up to {FILE_VERSION}). Upgrade napari-scmedal to load it.")
-    if version < 1:
-        raise ModelFileError(f"{path} has an invalid model format version {md.get('format_version')!r}; the file "
-                             f"is damaged. Re-save or retrain the model.")
-    size = path.stat().st_size
-    ends = [int(v["data_offsets"][1]) for k, v in header.items()
-            if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v]
-    if data_start + (max(ends) if ends else 0) != size:
-        raise ModelFileError(f"{path} is truncated or has trailing garbage ({size} bytes, expected "
-                             f"{data_start + (max(ends) if ends else 0)}); re-save or retrain the model.")
-    try:
-        meta = json.loads(md["scmedal"])
-    except (KeyError, ValueError):
-        raise ModelFileError(f"{path}: the napari-scmedal metadata is missing or corrupt; re-save or retrain the "
-                             f"model.") from None
-    return meta
-
-
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    try:
-        tensors = load_file(str(path), device="cpu")
-    except Exception as e:
-        raise ModelFileError(f"{path}: the weights cannot be read ({type(e).__name__}: {e}); the file is corrupt. "
-                             f"Re-save or retrain the model.") from None
-    for k, v in tensors.items():
-        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
-            raise ModelFileError(f"{path}: tensor {k!r} contains NaN or inf values; the file is corrupt or the "
-                                 f"model diverged. Retrain the model.")
-    return tensors
+def _make_networks(recipe, config: dict, seed: int, device) -> dict[str, torch.nn.Module]:
+    """The FE, RE (and FEC) networks a recipe and configuration define, seeded, in eval mode on ``device``
+    (``torch.device("meta")`` gives their tensor shapes without allocating them)."""
+    c = config
+    G, B = recipe.n_genes, len(recipe.batches)
+    K = len(recipe.labels) if recipe.labels else 0
+    hidden, latent = tuple(c["hidden"]), int(c["latent"])
+    meta = torch.device(device).type == "meta"
+    with torch.random.fork_rng(devices=[]), (torch.device("meta") if meta else contextlib.nullcontext()):
+        torch.manual_seed(seed)
+        nets: dict[str, torch.nn.Module] = {
+            "fe": FE(G, B, None, hidden, latent),
+            "re": RE(G, B, hidden, latent, prior_sd=c["prior_sd"], kl_estimator=c["kl_estimator"]),
+        }
+        if K >= 2 and c["train_fec"]:
+            nets["fec"] = FE(G, B, K, hidden, latent)
+    for net in nets.values():
+        set_bn_momentum(net, c["bn_momentum"])
+        net.to(device).eval()
+    return nets
 
 
 class _InMemoryLazy:
@@ -1124,7 +999,7 @@ class _InMemoryLazy:
     def __init__(self, recipe, adata):
         self.recipe = recipe
         self.adata = adata
-        idx, norm_idx, batch, label = recipe.align(adata.obs, adata.var_names)
+        idx, norm_idx, batch, label = recipe.align_adata(adata)
         self.batch, self.label = batch, label
         self.obs_names = adata.obs_names
 

@@ -488,7 +488,7 @@ class ModelWidget(QWidget):
             model = ScMEDAL.load(path)
             # raises RecipeMismatchError naming the missing genes / unknown batches and the fix; the values
             # are checked on the first cells only, so a large (backed) file is not read whole here
-            model.recipe.align(adata.obs, adata.var_names)
+            model.recipe.align_adata(adata)
             model.recipe.transform(adata[: min(adata.n_obs, 256)])
             return model
 

@@ -52,12 +52,18 @@ def read_h5ad(path, layer: str | None = None) -> ad.AnnData:
 
 
 def use_layer(adata: ad.AnnData, layer: str, source: str | None = None) -> ad.AnnData:
-    """Return ``adata`` with ``layers[layer]`` moved into ``X`` (in place on this in-memory object)."""
+    """Return ``adata`` with ``layers[layer]`` moved into ``X`` (in place on this in-memory object);
+    ``layer="raw"`` (no layer of that name) gives a new AnnData of ``adata.raw`` (its genes) and ``adata.obs``."""
+    if layer == "raw" and "raw" not in adata.layers and adata.raw is not None:
+        from .validation import resolve_layer
+
+        return resolve_layer(adata, layer)[0]
     if layer not in adata.layers:
         where = f" in {source}" if source else ""
         available = sorted(adata.layers.keys())
         raise DataError(
-            f"Layer {layer!r} not found{where}. Available layers: {available or 'none'}. "
+            f"Layer {layer!r} not found{where}. Available layers: {available or 'none'}"
+            f"{', or raw (adata.raw)' if adata.raw is not None else ''}. "
             "Pass one of these as layer=..., or layer=None to use X."
         )
     old_x = adata.X

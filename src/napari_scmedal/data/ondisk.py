@@ -30,7 +30,7 @@ import scipy.sparse as sp
 
 from ..errors import DataError
 from .preprocess import MIN_CELLS_PER_GENE, MIN_GENES_PER_CELL, TARGET_SUM, check_filtered, finish_recipe
-from .recipe import Prepared, Recipe, one_hot
+from .recipe import Prepared, Recipe, norm_rows, one_hot
 from .splits import stratified_split
 from .validation import _summary, check_value_summary, merge_summaries, validate_metadata
 
@@ -85,6 +85,7 @@ class H5adSource:
                             "Check that it was written by anndata (adata.write_h5ad).") from None
         self.obs = obs
         self.var_names = pd.Index(var.index.astype(str))
+        self.var = var
         if layer is None:
             if "X" not in f:
                 self.close()
@@ -516,7 +517,7 @@ class LazyPrepared:
         (raises RecipeMismatchError like :meth:`Recipe.transform`)."""
         src = open_source(data, recipe.layer if layer is None else layer)
         rows, obs = view_rows(data, src, sort=False)  # a backed view: its cells, in the view's order
-        idx, norm_idx, batch, label = recipe.align(obs, src.var_names, require_labels)
+        idx, norm_idx, batch, label = recipe.align(obs, src.var_names, require_labels, var=src.var)
         return cls(recipe, src, rows, batch, label, pd.Index(obs.index.astype(str)), idx, norm_idx, chunk_cells)
 
     @property
@@ -527,7 +528,8 @@ class LazyPrepared:
         return self.n_obs
 
     def _make(self, file_rows_block, positions) -> Prepared:
-        sub, n_nonint, vmax = self.recipe.log_block(file_rows_block, self.gene_idx, self.norm_idx, self.source.where)
+        sub, n_nonint, vmax = self.recipe.log_block(file_rows_block, self.gene_idx,
+                                                    norm_rows(self.norm_idx, positions), self.source.where)
         if sub.shape[0]:
             self.recipe.check_kind(n_nonint, vmax, self.source.where)
         b = self.batch[positions]

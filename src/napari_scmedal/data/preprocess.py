@@ -29,7 +29,7 @@ import scipy.sparse as sp
 from ..errors import DataError
 from .recipe import Prepared, Recipe, one_hot
 from .splits import stratified_split
-from .validation import check_batches, get_matrix, validate_adata
+from .validation import check_batches, get_matrix, resolve_layer, validate_adata
 
 TARGET_SUM = 1e4
 MIN_GENES_PER_CELL = 10
@@ -156,6 +156,8 @@ def prepare_training(
     n_genes = int(n_genes)
     if n_genes < 1:
         raise DataError(f"n_genes={n_genes} must be a positive number of genes (default 2916 = 54 x 54).")
+    stored_layer = layer  # "raw" is recorded as such, so that inference reads adata.raw too
+    adata, layer = resolve_layer(adata, layer)
     kind = validate_adata(adata, batch_key, label_key=label_key, layer=layer, input_kind=input_kind,
                           n_genes=n_genes, min_cells_per_batch=min_cells_per_batch)
 
@@ -191,7 +193,7 @@ def prepare_training(
     train = X_log[splits["train"]]
     scale_min, scale_max = float(train.min()), float(train.max())
     recipe, batch, label = finish_recipe(genes, n_genes, batch_values, label_values, batch_key, label_key, kind,
-                                         layer, scale_min, scale_max, normalization_genes)
+                                         stored_layer, scale_min, scale_max, normalization_genes)
     prepared = Prepared(
         X=recipe.scale(X_log), X_log=X_log, batch=batch, batch_onehot=one_hot(batch, recipe.n_batches),
         label=label, label_onehot=None if label is None else one_hot(label, recipe.n_labels),
@@ -200,6 +202,8 @@ def prepare_training(
 
     out = adata[cells, normalization_genes].copy()
     out.var["highly_variable"] = out.var_names.isin(genes)
+    if stored_layer == "raw" and layer is None:  # the recipe reads "raw": keep the counts under that name
+        out.layers["raw"] = out.X
     return TrainingData(adata=out, recipe=recipe, prepared=prepared, splits=splits)
 
 

@@ -16,7 +16,7 @@ import scipy.sparse as sp
 
 from .._utils import json_safe as _json_safe
 from ..errors import DataError, ModelFileError, RecipeMismatchError
-from .validation import LOGNORM_MAX, _first, check_unique, get_matrix
+from .validation import LOGNORM_MAX, _first, check_unique, get_matrix, resolve_layer
 
 RECIPE_FORMAT = "napari-scmedal-recipe"
 RECIPE_VERSION = 1
@@ -63,11 +63,46 @@ class Prepared:
         )
 
 
-def size_factors(block, norm_idx, target_sum: float) -> np.ndarray:
+class LibrarySizes:
+    """Per-cell library sizes given by the user (an ``obs`` column named by ``size_factor_key``), used
+    instead of the row sums over the normalisation genes; passed where a ``norm_idx`` goes."""
+
+    def __init__(self, values):
+        self.values = np.asarray(values, dtype=np.float64).ravel()
+
+    def rows(self, sel) -> "LibrarySizes":
+        return LibrarySizes(self.values[sel])
+
+
+def norm_rows(norm_idx, sel):
+    """``norm_idx`` for the rows ``sel`` of the aligned cells (column positions are the same for every row;
+    user library sizes are per row)."""
+    return norm_idx.rows(sel) if isinstance(norm_idx, LibrarySizes) else norm_idx
+
+
+def _normalisation_source(block, norm_idx, where: str):
+    """The values that make each row's library size, checked: NaN, inf or negative values there would
+    silently zero or skew the whole cell, so they are refused like those in the model's genes."""
+    src = block if norm_idx is None else block[:, norm_idx]
+    vals = src.data if sp.issparse(src) else np.asarray(src)
+    if vals.size and not np.all(np.isfinite(vals)):
+        raise DataError(f"{where} contains NaN or infinite values in the genes that make each cell's library size "
+                        "(normalisation genes, not only the model's genes). Remove or impute them before applying "
+                        "the model, or give per-cell totals with size_factor_key=.")
+    if vals.size and vals.min() < 0:
+        raise DataError(f"{where} contains negative values in the genes that make each cell's library size; "
+                        "expected raw counts. Pass unscaled counts (e.g. layer='counts').")
+    return src
+
+
+def size_factors(block, norm_idx, target_sum: float, where: str = "adata.X") -> np.ndarray:
     """float32 per-row factors ``target_sum / library size`` (0 for empty rows) of a block of raw counts;
-    the library size is the row sum over the columns ``norm_idx`` (None = all columns)."""
-    tot_src = block if norm_idx is None else block[:, norm_idx]
-    totals = np.asarray(tot_src.sum(axis=1), dtype=np.float64).ravel()
+    the library size is the row sum over the columns ``norm_idx`` (None = all columns), or the user's
+    :class:`LibrarySizes`. Non-finite or negative values that enter the sum raise DataError."""
+    if isinstance(norm_idx, LibrarySizes):
+        totals = norm_idx.values
+    else:
+        totals = np.asarray(_normalisation_source(block, norm_idx, where).sum(axis=1), dtype=np.float64).ravel()
     factor = np.zeros_like(totals)
     np.divide(target_sum, totals, out=factor, where=totals > 0)
     return factor.astype(np.float32)
@@ -107,6 +142,9 @@ class Recipe:
     min_genes_per_cell: int = 10
     min_cells_per_gene: int = 3
     extra: dict = field(default_factory=dict)
+    #: Inference option, not stored: an ``obs`` column of per-cell library sizes (total counts) used
+    #: instead of the normalisation genes' sum, for data that lack some of them (``model.size_factor_key``).
+    size_factor_key: str | None = field(default=None, compare=False)
 
     # ----------------------------------------------------------------- basic properties
     @property
@@ -183,7 +221,8 @@ class Recipe:
         the wrong kind (counts vs log-normalised), or (with ``require_labels``) missing/unknown labels.
         """
         layer = self.layer if layer is _UNSET else layer
-        idx, norm_idx, batch, label = self.align(adata.obs, adata.var_names, require_labels)
+        adata, layer = resolve_layer(adata, layer)
+        idx, norm_idx, batch, label = self.align(adata.obs, adata.var_names, require_labels, var=adata.var)
         try:
             X = get_matrix(adata, layer)
         except DataError as exc:
@@ -195,7 +234,7 @@ class Recipe:
         vmax = 0.0
         for start in range(0, adata.n_obs, _CHUNK_ROWS):
             stop = min(start + _CHUNK_ROWS, adata.n_obs)
-            sub, k, m = self.log_block(X[start:stop], idx, norm_idx, where)
+            sub, k, m = self.log_block(X[start:stop], idx, norm_rows(norm_idx, slice(start, stop)), where)
             n_nonint += k
             vmax = max(vmax, m)
             X_log[start:stop] = sub
@@ -206,13 +245,47 @@ class Recipe:
             obs_names=pd.Index(adata.obs_names.copy()),
         )
 
-    def align(self, obs, var_names, require_labels: bool = False):
+    def align_adata(self, adata, require_labels: bool = False):
+        """:meth:`align` for an AnnData read the way :meth:`transform` reads it (``layer="raw"`` means the
+        genes of ``adata.raw``; gene identifiers matched through ``var`` columns)."""
+        adata, _ = resolve_layer(adata, self.layer)
+        return self.align(adata.obs, adata.var_names, require_labels, var=adata.var)
+
+    def gene_names(self, var_names, var=None) -> pd.Index:
+        """The names to match the recipe's genes against: ``var_names``, or -- when they lack some of the
+        model's genes -- the one ``var`` column that holds every one of them with unique values (e.g. the
+        data are indexed by Ensembl IDs with a symbol column, and the model was trained on symbols)."""
+        names = pd.Index(pd.Index(var_names).astype(str))
+        if var is None or not names.is_unique or names.get_indexer(self.genes).min(initial=0) >= 0:
+            return names  # (duplicate names: align's check names them)
+        for col in var.columns:
+            vals = var[col]
+            if not (vals.dtype == object or isinstance(vals.dtype, (pd.CategoricalDtype, pd.StringDtype))):
+                continue
+            cand = pd.Index(vals.astype(str))
+            if cand.is_unique and cand.get_indexer(self.genes).min(initial=0) >= 0:
+                return cand
+        return names
+
+    def _best_gene_column(self, var) -> tuple[str, int] | None:
+        best = None
+        for col in ([] if var is None else var.columns):
+            vals = var[col]
+            if vals.dtype == object or isinstance(vals.dtype, (pd.CategoricalDtype, pd.StringDtype)):
+                n = int(pd.Index(self.genes).isin(vals.astype(str)).sum())
+                if n and (best is None or n > best[1]):
+                    best = (str(col), n)
+        return best
+
+    def align(self, obs, var_names, require_labels: bool = False, var=None):
         """Match a data set's cells and genes to the recipe without reading expression values.
 
-        Returns ``(idx, norm_idx, batch, label)``: column positions of the recipe genes in ``var_names``,
-        sorted positions of the normalisation genes present (None = all columns), int64 batch codes
-        and label codes (or None). Raises RecipeMismatchError for a missing batch key, missing genes,
-        unknown batches and (with ``require_labels``) missing/unknown labels.
+        Returns ``(idx, norm_idx, batch, label)``: column positions of the recipe genes in ``var_names``
+        (or in the ``var`` column that holds them, :meth:`gene_names`), sorted positions of the
+        normalisation genes (None = all columns; per-cell :class:`LibrarySizes` with
+        ``size_factor_key``), int64 batch codes and label codes (or None). Raises RecipeMismatchError
+        for a missing batch key, missing genes or normalisation genes, unknown batches and (with
+        ``require_labels``) missing/unknown labels.
         """
         if self.batch_key not in obs.columns:
             raise RecipeMismatchError(
@@ -220,15 +293,21 @@ class Recipe:
                 f"(available: {[str(c) for c in obs.columns]}). Add it (values among "
                 f"{_first(self.batches)}) so cells can be matched to the model's batches."
             )
-        names = pd.Index(var_names.astype(str))
-        check_unique(names, "gene", "var_names")
+        names = self.gene_names(var_names, var)
+        if names.equals(pd.Index(pd.Index(var_names).astype(str))):
+            check_unique(names, "gene", "var_names")
         idx = names.get_indexer(self.genes)
         if np.any(idx < 0):
             missing = [g for g, i in zip(self.genes, idx) if i < 0]
+            best = self._best_gene_column(var)
+            hint = (f" The var column {best[0]!r} holds {best[1]} of them: if it has the identifiers the model "
+                    f"was trained on, use it (adata.var_names = adata.var[{best[0]!r}].astype(str); "
+                    "adata.var_names_make_unique())." if best and best[1] > idx.size // 2 else "")
             raise RecipeMismatchError(
                 f"{len(missing)} of the model's {self.n_genes} genes are missing from the data: {_first(missing)}. "
-                "Use data with the same gene identifiers as training (e.g. symbols vs Ensembl IDs in var_names); "
-                "genes absent from a panel cannot be filled in."
+                "Use data with the same gene identifiers as training (e.g. symbols vs Ensembl IDs in var_names; a "
+                "var column holding all of them is used automatically); genes absent from a panel cannot be "
+                f"filled in.{hint}"
             )
         batch = self.batch_codes(obs[self.batch_key].to_numpy())
         if self.label_key is not None and self.label_key in obs.columns:
@@ -244,18 +323,45 @@ class Recipe:
             label = None
 
         norm_idx = None
-        if self.input_kind == "counts" and self.normalization_genes is not None:
+        if self.input_kind == "counts" and self.size_factor_key is not None:
+            norm_idx = self._library_sizes(obs)
+        elif self.input_kind == "counts" and self.normalization_genes is not None:
             ni = names.get_indexer(self.normalization_genes)
-            norm_idx = np.sort(ni[ni >= 0])
+            if np.any(ni < 0):
+                n_miss = int(np.sum(ni < 0))
+                raise RecipeMismatchError(
+                    f"{n_miss} of the model's {len(self.normalization_genes)} normalisation genes are missing from "
+                    f"the data (e.g. {_first([g for g, i in zip(self.normalization_genes, ni) if i < 0])}): each "
+                    "cell's library size would be summed over fewer genes than in training and every value would "
+                    "shift. Pass the full gene set (not adata[:, model.genes]), or name an obs column of per-cell "
+                    "total counts with size_factor_key= (model.size_factor_key = 'total_counts'; CLI "
+                    "--size-factor-key), which is then used instead.")
+            norm_idx = np.sort(ni)
             if norm_idx.size == len(names):  # every gene counts: no column slicing needed
                 norm_idx = None
         return idx, norm_idx, batch, label
+
+    def _library_sizes(self, obs) -> LibrarySizes:
+        key = self.size_factor_key
+        if key not in obs.columns:
+            raise RecipeMismatchError(f"size_factor_key={key!r} is not a column of adata.obs (available: "
+                                      f"{[str(c) for c in obs.columns][:10]}). Name the column of per-cell total counts.")
+        try:
+            vals = pd.to_numeric(obs[key], errors="raise").to_numpy(dtype=np.float64)
+        except (TypeError, ValueError):
+            raise RecipeMismatchError(f"obs[{key!r}] (size_factor_key) must hold numbers: per-cell total counts."
+                                      ) from None
+        bad = ~np.isfinite(vals) | (vals <= 0)
+        if bad.any():
+            raise RecipeMismatchError(f"obs[{key!r}] (size_factor_key) has {int(bad.sum())} cells with a missing, "
+                                      "infinite, zero or negative total; give every cell its positive total count.")
+        return LibrarySizes(vals)
 
     def log_block(self, block, idx, norm_idx, where: str = "adata.X"):
         """log1p-normalised recipe genes of one block of rows (all genes of the source, any format).
 
         ``idx``: column positions of the recipe genes in ``block``; ``norm_idx``: sorted column
-        positions of the normalisation genes (None = every column). Returns ``(X_log float32 (n, G),
+        positions of the normalisation genes (None = every column) or the rows' :class:`LibrarySizes`. Returns ``(X_log float32 (n, G),
         number of non-integer values, maximum value)`` and raises DataError for NaN/inf or negative
         values. The single implementation of the per-cell arithmetic: the in-memory preprocessing,
         :meth:`transform` and the out-of-core reader all call it, so they agree bit for bit.
@@ -273,7 +379,7 @@ class Recipe:
         n_nonint = int(np.count_nonzero(sub != np.round(sub)))
         vmax = float(sub.max(initial=0.0))
         if self.input_kind == "counts":
-            sub = np.log1p(sub * size_factors(block, norm_idx, self.target_sum)[:, None])
+            sub = np.log1p(sub * size_factors(block, norm_idx, self.target_sum, where)[:, None])
         return sub, n_nonint, vmax
 
     def check_kind(self, n_nonint: int, vmax: float, where: str = "adata.X") -> None:
@@ -332,6 +438,7 @@ class Recipe:
         missing = [k for k in required if k not in d]
         if missing:
             raise ModelFileError(f"The stored recipe lacks {missing}. The model file is corrupt; retrain or re-save it.")
+        _validate_recipe_dict(d)
         return cls(
             genes=list(d["genes"]), batch_key=d["batch_key"], label_key=d["label_key"],
             batches=list(d["batches"]), labels=None if d["labels"] is None else list(d["labels"]),
@@ -345,4 +452,47 @@ class Recipe:
         )
 
 
-__all__ = ["Recipe", "Prepared", "one_hot", "size_factors", "RECIPE_FORMAT", "RECIPE_VERSION"]
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def _str_list(v, min_len: int = 0) -> bool:
+    return isinstance(v, list) and len(v) >= min_len and all(isinstance(x, str) for x in v) and len(set(v)) == len(v)
+
+
+def _validate_recipe_dict(d: dict) -> None:
+    """Type and range of every stored recipe field; ModelFileError naming the first bad one (a recipe whose
+    values would give NaN latents or silently wrong inputs, e.g. ``scale_min == scale_max``, is refused)."""
+    kind = d["input_kind"]
+    checks = [
+        ("genes", _str_list(d["genes"], 1), "a non-empty list of distinct gene names"),
+        ("batch_key", isinstance(d["batch_key"], str) and d["batch_key"] != "", "a column name"),
+        ("label_key", d["label_key"] is None or isinstance(d["label_key"], str), "None or a column name"),
+        ("batches", _str_list(d["batches"], 2), "a list of at least two distinct batch names"),
+        ("labels", d["labels"] is None or _str_list(d["labels"], 1), "None or a list of distinct labels"),
+        ("input_kind", kind in ("counts", "lognorm"), "'counts' or 'lognorm'"),
+        ("layer", d["layer"] is None or isinstance(d["layer"], str), "None or a layer name"),
+        ("target_sum", (_is_num(d["target_sum"]) and d["target_sum"] > 0) if kind == "counts"
+         else d["target_sum"] is None, "a positive number for counts, None for log-normalised input"),
+        ("scale_min", _is_num(d["scale_min"]), "a finite number"),
+        ("scale_max", _is_num(d["scale_max"]) and _is_num(d["scale_min"]) and d["scale_max"] > d["scale_min"],
+         "a finite number larger than scale_min"),
+        ("normalization_genes", d.get("normalization_genes") is None or _str_list(d["normalization_genes"], 1),
+         "None or a non-empty list of gene names"),
+        ("min_genes_per_cell", isinstance(d.get("min_genes_per_cell", 0), int)
+         and not isinstance(d.get("min_genes_per_cell", 0), bool) and d.get("min_genes_per_cell", 0) >= 0,
+         "a whole number >= 0"),
+        ("min_cells_per_gene", isinstance(d.get("min_cells_per_gene", 0), int)
+         and not isinstance(d.get("min_cells_per_gene", 0), bool) and d.get("min_cells_per_gene", 0) >= 0,
+         "a whole number >= 0"),
+        ("extra", d.get("extra") is None or isinstance(d["extra"], dict), "a mapping"),
+    ]
+    for name, ok, valid in checks:
+        if not ok:
+            value = repr(d.get(name))
+            value = value if len(value) <= 60 else value[:57] + "..."
+            raise ModelFileError(f"The stored recipe's {name} ({value}) is invalid: it must be {valid}. The model "
+                                 f"file is damaged or was edited; retrain or re-save it.")
+
+
+__all__ = ["Recipe", "Prepared", "one_hot", "size_factors", "LibrarySizes", "norm_rows", "RECIPE_FORMAT", "RECIPE_VERSION"]

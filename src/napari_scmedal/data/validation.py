@@ -35,14 +35,35 @@ def _first(names, n: int = _MAX_LISTED) -> str:
     return shown + (f", ... ({len(names) - n} more)" if len(names) > n else "")
 
 
+def resolve_layer(adata, layer: str | None = None):
+    """``(adata, layer)`` to read from: ``layer="raw"`` (when no layer has that name) means the counts in
+    ``adata.raw``, returned as an AnnData whose ``X`` is ``adata.raw.X`` (not copied), with ``adata.obs`` and
+    the genes of ``adata.raw.var``; other layers pass through."""
+    if layer != "raw" or "raw" in adata.layers:
+        return adata, layer
+    raw = getattr(adata, "raw", None)
+    if raw is None:
+        available = sorted(adata.layers.keys())
+        raise DataError(f"layer='raw' but the AnnData has no .raw (and no layer named 'raw'). Available layers: "
+                        f"{available or 'none'}. Pass one of these, or layer=None to use X.")
+    import anndata as ad
+
+    return ad.AnnData(X=raw.X, obs=adata.obs, var=raw.var), None
+
+
 def get_matrix(adata, layer: str | None = None):
-    """The expression matrix to use: ``adata.layers[layer]`` or ``adata.X`` (never copied)."""
+    """The expression matrix to use: ``adata.layers[layer]`` or ``adata.X`` (never copied); ``"raw"``
+    means ``adata.raw.X`` when no layer has that name (its genes are ``adata.raw.var_names``: use
+    :func:`resolve_layer` to get the matching AnnData)."""
     if layer is None:
         return adata.X
     if layer not in adata.layers:
+        if layer == "raw" and getattr(adata, "raw", None) is not None:
+            return adata.raw.X
         available = sorted(adata.layers.keys())
+        raw = ", or 'raw' for adata.raw" if getattr(adata, "raw", None) is not None else ""
         raise DataError(
-            f"Layer {layer!r} not found in the AnnData. Available layers: {available or 'none'}. "
+            f"Layer {layer!r} not found in the AnnData. Available layers: {available or 'none'}{raw}. "
             "Pass one of these as layer=..., or layer=None to use X."
         )
     return adata.layers[layer]
@@ -258,6 +279,6 @@ def check_value_summary(s: dict, where: str, input_kind: str = "auto") -> str:
     return "lognorm"
 
 
-__all__ = ["detect_input_kind", "validate_adata", "validate_metadata", "check_value_summary", "merge_summaries",
+__all__ = ["detect_input_kind", "validate_adata", "resolve_layer", "validate_metadata", "check_value_summary", "merge_summaries",
            "get_matrix", "iter_values", "check_batches", "check_unique",
            "INPUT_KINDS", "LOGNORM_MAX"]

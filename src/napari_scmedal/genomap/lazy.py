@@ -134,15 +134,15 @@ def _resolve_adata(model, adata):
 
     if is_on_disk(adata):
         if getattr(adata, "is_view", False):  # a backed view: some rows of its file, resolved by the model per call
-            model.recipe.align(adata.obs, adata.var_names)
+            model.recipe.align(adata.obs, adata.var_names, var=adata.var)
             return adata, int(adata.n_obs)
         src = open_source(adata, model.recipe.layer)  # opened once (obs and var names read once)
-        model.recipe.align(src.obs, src.var_names)
+        model.recipe.align(src.obs, src.var_names, var=src.var)
         return src, int(src.n_obs)
     if not hasattr(adata, "obs") or not hasattr(adata, "var_names"):
         raise DataError(f"adata must be an AnnData, a path to an .h5ad file or a backed AnnData, got "
                         f"{type(adata).__name__}.")
-    model.recipe.align(adata.obs, adata.var_names)
+    model.recipe.align_adata(adata)
     return adata, int(adata.n_obs)
 
 

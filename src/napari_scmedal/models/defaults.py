@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["derive_settings", "MIN_STEPS", "PATIENCE_STEPS", "MAX_STEPS", "BN_REFRESH_ROWS", "AUTO_KEYS",
+__all__ = ["derive_settings", "validate_config", "MIN_STEPS", "PATIENCE_STEPS", "MAX_STEPS", "BN_REFRESH_ROWS", "AUTO_KEYS",
            "RECON_VARIANCE_WEIGHT"]
 
 #: Optimiser steps every network takes before early stopping may stop it.
@@ -116,3 +116,68 @@ def derive_settings(n_train: int, config: dict, overrides: dict | None = None,
     out["steps_per_epoch"] = spe
     why["steps_per_epoch"] = f"{n} training cells / batch {out['batch_size']}"
     return out, why
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _whole(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+#: Hyperparameter rules: name -> (test, what a valid value is). ``None`` is accepted where the "auto" preset
+#: derives the value (AUTO_KEYS) or where the option is off (adv_bound, bn_refresh).
+_RULES = {
+    "lr": (lambda v: _num(v) and v > 0, "a positive number"),
+    "batch_size": (lambda v: _whole(v) and v >= 2, "a whole number >= 2"),
+    "max_epochs": (lambda v: _whole(v) and v >= 1, "a whole number >= 1"),
+    "patience": (lambda v: _whole(v) and v >= 1, "a whole number >= 1"),
+    "min_epochs": (lambda v: _whole(v) and v >= 1, "a whole number >= 1"),
+    "hidden": (lambda v: isinstance(v, list) and len(v) >= 1 and all(_whole(h) and h >= 1 for h in v),
+               "a non-empty list of layer widths >= 1, e.g. [512, 132]"),
+    "latent": (lambda v: _whole(v) and v >= 1, "a whole number >= 1"),
+    "fe_w_recon": (lambda v: _num(v) and v > 0, "a positive number"),
+    "fe_w_adv": (lambda v: _num(v) and v >= 0, "a number >= 0"),
+    "fec_w_recon": (lambda v: _num(v) and v > 0, "a positive number"),
+    "fec_w_adv": (lambda v: _num(v) and v >= 0, "a number >= 0"),
+    "fec_w_class": (lambda v: _num(v) and v >= 0, "a number >= 0"),
+    "re_w_recon": (lambda v: _num(v) and v > 0, "a positive number"),
+    "re_w_batch": (lambda v: _num(v) and v >= 0, "a number >= 0"),
+    "kl_weight": (lambda v: _num(v) and v >= 0, "a number >= 0"),
+    "prior_sd": (lambda v: _num(v) and v > 0, "a positive number"),
+    "kl_estimator": (lambda v: v in ("sample", "analytic"), "'sample' (reference) or 'analytic'"),
+    "bn_momentum": (lambda v: _num(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "adv_bound": (lambda v: v is None or (_num(v) and v > 0), "None or a positive number"),
+    "adam_eps": (lambda v: _num(v) and v > 0, "a positive number"),
+    "input_kind": (lambda v: v in ("auto", "counts", "lognorm"), "'auto', 'counts' or 'lognorm'"),
+    "split_seed": (lambda v: _whole(v) and v >= 0, "a whole number >= 0"),
+    "split_fractions": (lambda v: isinstance(v, list) and len(v) == 3 and all(_num(f) and f >= 0 for f in v)
+                        and v[0] > 0 and abs(sum(v) - 1.0) < 1e-6,
+                        "three fractions (train, validation, test) >= 0 summing to 1, train > 0"),
+    "train_fec": (lambda v: isinstance(v, bool), "True or False"),
+    "bn_refresh": (lambda v: v is None or (_whole(v) and v >= 1), "None or a whole number >= 1"),
+    "min_delta": (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
+}
+
+
+def validate_config(config: dict, error: type[Exception] = ValueError, where: str = "") -> dict:
+    """Check every hyperparameter's type and range (``_RULES``); raise ``error`` naming the first bad
+    entry, the value and what is valid. Integral floats (``latent=8.0``) are made ints. Returns ``config``."""
+    for k, v in list(config.items()):
+        if isinstance(v, float) and k in ("batch_size", "max_epochs", "patience", "min_epochs", "latent",
+                                          "split_seed", "bn_refresh") and v.is_integer():
+            config[k] = v = int(v)
+        if k == "hidden" and isinstance(v, (list, tuple)):
+            config[k] = v = [int(h) if isinstance(h, float) and h.is_integer() else h for h in v]
+        rule = _RULES.get(k)
+        if rule is None or (v is None and k in AUTO_KEYS):
+            continue
+        test, valid = rule
+        try:
+            ok = bool(test(v))
+        except Exception:
+            ok = False
+        if not ok:
+            raise error(f"{where}hyperparameter {k}={v!r} is invalid: it must be {valid}.")
+    return config

@@ -477,6 +477,7 @@ def fit(task, train, val=None, *, max_epochs: int, patience: int, batch_size: in
             "elapsed_s": 0.0, "warnings": [], "batch_size": int(batch_size), "world_size": comm.world,
             "steps": 0, "cells_seen": 0, "precision": precision}
     best_state, best_val, wait = None, math.inf, 0
+    initial_state = _snapshot(net)  # restored when no epoch completes (e.g. NaN in the first epoch)
     min_epochs = max(1, int(min_epochs))
     hist["min_epochs"] = min_epochs
     hist["bn_refresh"] = None if bn_refresh is None else int(bn_refresh)
@@ -488,15 +489,16 @@ def fit(task, train, val=None, *, max_epochs: int, patience: int, batch_size: in
     single = comm.world == 1
 
     def restore():
-        if best_state is not None:
-            net.load_state_dict(best_state)
+        net.load_state_dict(best_state if best_state is not None else initial_state)
 
     def nonfinite(value, epoch, what):
         restore()
         hist["stopped"] = "nonfinite"
         hist["elapsed_s"] = time.perf_counter() - t0
         be = hist["best_epoch"]
-        kept = f"the best weights (epoch {be}) are kept" if be else "no epoch had completed, so the weights are the initial ones"
+        kept = (f"the best weights (epoch {be}) are kept" if be else
+                "no epoch completed, so the network is UNTRAINED: its initial weights are restored, it cannot be "
+                "used and a saved model marks it as not trained")
         err = TrainingError(
             f"The {task.name.upper()} {what} loss became {value} at epoch {epoch}; {kept}. Lower the learning rate "
             f"(lr=...), lower the loss weights (w_recon/w_adv), or check the input for extreme values; "
