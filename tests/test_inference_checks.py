@@ -153,3 +153,42 @@ def test_ensembl_ids_and_symbols_align_through_var_columns(sample):
     e.var["gene_symbols"] = [s if i % 50 else "x" + s for i, s in enumerate(a.var_names)]
     with pytest.raises(RecipeMismatchError, match="The var column 'gene_symbols' holds .* of them"):
         model.get_latent_representation("fe", adata=e)
+
+
+def test_cli_refuses_an_unwritable_output_before_training(sample, tmp_path, capsys, monkeypatch):
+    _, _, data, _ = sample
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    args = ["train", str(data), "--batch-key", "batch", "--genes", "49", "--preset", "quick", "--epochs", "1",
+            "--threads", "1", "-q"]
+    assert main(args + ["--out", str(afile / "m.safetensors")]) != 0
+    err = capsys.readouterr().err
+    assert "is a file, not a folder" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    import napari_scmedal._utils as utils
+
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(utils.tempfile, "NamedTemporaryFile", denied)  # a read-only folder (root ignores chmod)
+    trained = []
+    monkeypatch.setattr(sm.ScMEDAL, "train", lambda self, *a, **k: trained.append(1))
+    assert main(args + ["--out", str(tmp_path / "ro" / "m.safetensors")]) != 0
+    err = capsys.readouterr().err
+    assert "is not writable (Permission denied)" in err and not trained  # refused before any training
+
+
+def test_cli_input_kind_flag_reaches_the_model(sample, tmp_path, capsys):
+    a, _, _, _ = sample
+    b = a.copy()
+    X = b.X.toarray() if sp.issparse(b.X) else np.asarray(b.X)
+    # log data rounded down to integers: the automatic rule would call them counts, the flag overrides it
+    b.X = np.floor(np.log1p(X / np.maximum(X.sum(1, keepdims=True), 1) * 1e4)).astype(np.float32)
+    p = tmp_path / "lognorm.h5ad"
+    b.write_h5ad(p)
+    out = tmp_path / "m.safetensors"
+    assert main(["train", str(p), "--batch-key", "batch", "--genes", "49", "--preset", "quick", "--epochs", "1",
+                 "--threads", "1", "--no-layout", "--input-kind", "lognorm", "--out", str(out), "-q"]) == 0
+    assert sm.ScMEDAL.load(out).recipe.input_kind == "lognorm"
+    assert main(["train", str(p), "--batch-key", "batch", "--genes", "49", "--preset", "quick", "--epochs", "1",
+                 "--threads", "1", "--no-layout", "--out", str(tmp_path / "auto.safetensors"), "-q"]) == 0
+    assert sm.ScMEDAL.load(tmp_path / "auto.safetensors").recipe.input_kind == "counts"
