@@ -37,17 +37,14 @@ def obs_columns(adata, categorical_only=False):
     return cols
 
 
-def notify_error(exc, widget=None, shown=False):
-    """Show a core error as a napari notification (its message already names the fix).
-
-    ``shown=True`` for errors from napari workers: napari already relays those to a notification
-    (with the traceback one click away), so only the widget's ``last_error`` is recorded.
-    """
+def notify_error(exc, widget=None):
+    """Show a core error as a napari error notification carrying the core's message (which already names
+    the fix), and record it as the widget's ``last_error``. Used for every failure, worker errors included
+    (the workers run with ``_ignore_errors=True``, so napari relays nothing by itself)."""
     msg = str(exc) or exc.__class__.__name__
     if widget is not None:
         widget.last_error = msg
-    if not shown:
-        show_error(msg)
+    show_error(msg)
 
 
 def notify_info(msg, widget=None):

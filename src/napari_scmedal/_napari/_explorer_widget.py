@@ -448,7 +448,7 @@ class GenomapExplorer(QWidget):
 
         def _err(exc):
             self.status_label.setText(f"Failed: {exc}")
-            notify_error(exc, self, shown=True)
+            notify_error(exc, self)
 
         def _finish():
             if worker in pool:

@@ -158,7 +158,7 @@ class ExportWidget(QWidget):
 
         def _err(exc):
             self.status_label.setText(f"Failed: {exc}")
-            notify_error(exc, self, shown=True)
+            notify_error(exc, self)
 
         worker.returned.connect(_done)
         worker.errored.connect(_err)

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 from napari.qt.threading import create_worker
-from napari.utils import progress as napari_progress
+from napari.utils import cancelable_progress
 from napari.utils.notifications import show_warning
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
@@ -372,15 +372,31 @@ class ModelWidget(QWidget):
         self.status_label.setText("Preparing data...")
         bridge, cancel = self._bridge, self._cancel
 
+        def _cancelled():  # the widget's Cancel, or the cancel button of the activity dock's progress bar
+            pbar = self._pbar
+            if pbar is not None and getattr(pbar, "is_canceled", False):
+                cancel.set()
+            return cancel.is_set()
+
         def _train():
             from napari_scmedal.model import ScMEDAL
 
             model = ScMEDAL(adata, **ctor)
             # health problems are shown once, from model.health, when the model is ready (show_training_report)
-            model.train(progress=bridge.message.emit, cancel=cancel, health_warnings=False, **fit)
+            model.train(progress=bridge.message.emit, cancel=_cancelled, health_warnings=False, **fit)
             return model
 
-        self._run(_train, lambda model: self._on_model_ready(model, layer, "trained"), training=True)
+        self._run(_train, lambda model: self._on_trained(model, layer, cancel), training=True)
+
+    def _on_trained(self, model, layer, cancel):
+        """A training run ended. A cancelled run never replaces a model the user already has (its layers and
+        file state stay as they were); without one, the cancelled run's best weights are used, as promised."""
+        if cancel.is_set() and self.model is not None:
+            self.status_label.setText("Training cancelled: the previous model, its latent layers and metrics are "
+                                      "kept (nothing was replaced).")
+            notify_info("Training cancelled: the previous model is kept.", self)
+            return
+        self._on_model_ready(model, layer, "trained", cancelled=cancel.is_set())
 
     def cancel(self):
         """Stop training after the current epoch; the best weights so far are kept."""
@@ -403,7 +419,8 @@ class ModelWidget(QWidget):
         total = int(info.get("max_epochs") or 0) or None
         if self._pbar is None or self._pbar_model != m:
             self._close_pbar()
-            self._pbar = napari_progress(total=total, desc=f"scMEDAL {m.upper()}")
+            # cancelable: the activity dock's cancel button stops training like the widget's Cancel
+            self._pbar = cancelable_progress(total=total, desc=f"scMEDAL {m.upper()}", cancel_callback=self.cancel)
             self._pbar_model = m
         pbar = self._pbar  # napari may process events below; keep a local handle
         pbar.set_description(f"scMEDAL {m.upper()} (ETA {eta})")
@@ -437,7 +454,7 @@ class ModelWidget(QWidget):
 
         def _err(exc):
             self.status_label.setText(f"Failed: {exc}")
-            notify_error(exc, self, shown=True)
+            notify_error(exc, self)
 
         worker.returned.connect(on_done)
         worker.errored.connect(_err)
@@ -507,12 +524,14 @@ class ModelWidget(QWidget):
             return
         self._on_model_ready(model, layer, how)
 
-    def _on_model_ready(self, model, layer, how):
+    def _on_model_ready(self, model, layer, how, cancelled: bool = False):
+        old = self.model
         self.model = model
         self.model_layer = layer
         layer.metadata[MODEL_KEY] = model
+        self._remove_latent_layers(old)
         self.save_btn.setEnabled(True)
-        stopped = " (cancelled: best weights kept)" if self._cancel.is_set() else ""
+        stopped = " (cancelled: best weights kept)" if cancelled else ""
         if how == "trained" and not stopped and any(
                 (h or {}).get("stopped") == "max_time" for h in (getattr(model, "history", None) or {}).values()):
             stopped = " (time cap reached: best weights kept)"
@@ -555,6 +574,16 @@ class ModelWidget(QWidget):
         if self.color_combo.currentText() == "label" and recipe.label_key:
             return recipe.label_key
         return recipe.batch_key
+
+    def _remove_latent_layers(self, model):
+        """Remove the latent layers of a replaced model (e.g. its FEC/RE layers when the new model has only FE),
+        so that no layer offers a stale model to the explorer."""
+        if model is None:
+            return
+        for ly in list(self.viewer.layers):
+            if ly.metadata.get(MODEL_KEY) is model and ly.metadata.get("latent") is not None:
+                self.viewer.layers.remove(ly)
+        self.latent_layers = [ly for ly in getattr(self, "latent_layers", []) if ly in self.viewer.layers]
 
     def _add_latent_layers(self, layer, model, latents):
         adata = layer.metadata[ADATA_KEY]

@@ -1,0 +1,144 @@
+"""The plugin as a biologist meets it (issue 12): each defect driven through the real widgets in a real
+viewer under Xvfb, failing without its fix."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+
+from napari_scmedal.datasets import cellbench  # noqa: E402
+
+pytestmark = pytest.mark.gui
+PLUGIN = "napari-scmedal"
+N_GENES = 256
+TIMEOUT_MS = 180_000
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch, tmp_path):
+    import torch
+
+    torch.set_num_threads(1)
+    monkeypatch.setenv("NAPARI_SCMEDAL_CONFIG_DIR", str(tmp_path / "config"))
+
+
+@pytest.fixture(scope="module")
+def trained():
+    import torch
+
+    from napari_scmedal.model import ScMEDAL
+
+    torch.set_num_threads(1)
+    adata = cellbench()
+    model = ScMEDAL(adata, batch_key="batch", label_key="cell_line", n_genes=N_GENES, preset="quick", seed=0)
+    model.train(max_epochs=3, health_warnings=False)
+    return model, adata
+
+
+def _explorer(make_napari_viewer, trained):
+    model, _ = trained
+    viewer = make_napari_viewer(show=True)  # drawn: the crash came from the canvas's text update
+    (cells,) = viewer.open_sample(PLUGIN, "cellbench")
+    cells.metadata["scmedal_model"] = model
+    _, ex = viewer.window.add_plugin_dock_widget(PLUGIN, "Genomap explorer")
+    return viewer, cells, ex
+
+
+def test_single_cells_then_an_averaged_box_selection_does_not_crash(make_napari_viewer, qtbot, trained):
+    """Item 1: 3 single cells, then an averaged selection: fewer row titles than before."""
+    viewer, cells, ex = _explorer(make_napari_viewer, trained)
+    ex.mode_combo.setCurrentText("selected points")
+    ex.cells_combo.setCurrentText("CellBench sample")
+    cells.selected_data = {3, 7, 9}
+    qtbot.waitUntil(lambda: ex.comparison is not None and not ex.busy, timeout=TIMEOUT_MS)
+    assert ex.comparison.n_rows == 3 and ex.last_error is None
+    ex.average_check.setChecked(True)
+    cells.selected_data = set(range(20, 40))  # what a box drag selects
+    qtbot.waitUntil(lambda: ex.comparison.meta["cells"] == list(range(20, 40)) and not ex.busy,
+                    timeout=TIMEOUT_MS)
+    assert ex.comparison.n_rows == 1 and ex.last_error is None
+    rows = viewer.layers["genomap | row titles"]
+    assert len(rows.features) == len(rows.data) == len(rows.text.values)
+    assert "Computing" not in ex.status_label.text()
+    # and back to three rows
+    ex.average_check.setChecked(False)
+    cells.selected_data = {5, 6, 8}
+    qtbot.waitUntil(lambda: ex.comparison.meta["cells"] == [5, 6, 8] and not ex.busy, timeout=TIMEOUT_MS)
+    assert ex.comparison.n_rows == 3 and ex.last_error is None
+
+
+def _notifications():
+    from napari.utils.notifications import notification_manager
+
+    return notification_manager.records
+
+
+def test_worker_failures_reach_the_user_as_notifications(make_napari_viewer, qtbot, trained):
+    """Item 2: a failure inside a worker raises a napari notification carrying the core's message."""
+    import copy
+
+    from napari.utils.notifications import NotificationSeverity
+
+    model, _ = trained
+    broken = copy.copy(model)
+    broken._trained = ["fe", "fec"]  # the RE network untrained
+    viewer, cells, ex = _explorer(make_napari_viewer, (broken, None))
+    before = len(_notifications())
+    ex.mode_combo.setCurrentText("cell indices")
+    ex.indices_edit.setText("0, 1")
+    ex.compute()
+    qtbot.waitUntil(lambda: not ex.busy, timeout=TIMEOUT_MS)
+    new = _notifications()[before:]
+    errors = [n for n in new if n.severity == NotificationSeverity.ERROR]
+    assert errors and "the RE network is not trained yet" in str(errors[-1].message)
+    assert ex.last_error and "not trained" in ex.last_error
+
+
+def _model_widget(viewer, epochs):
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "scMEDAL model")
+    w.batch_combo.setCurrentText("batch")
+    w.label_combo.setCurrentText("cell_line")
+    w.genes_spin.setValue(N_GENES)
+    w.preset_combo.setCurrentText("quick")
+    w.epochs_spin.setValue(epochs)
+    w.threads_spin.setValue(1)
+    w.metrics_check.setChecked(False)
+    return w
+
+
+def test_cancelling_a_retrain_keeps_the_previous_model_and_its_layers(make_napari_viewer, qtbot, tmp_path):
+    """Item 3: retrain + Cancel keeps the fully trained model, its FEC/RE layers and what the explorer offers;
+    the activity dock's cancel works too; a later load does not claim to be cancelled."""
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "cellbench")
+    w = _model_widget(viewer, epochs=2)
+    w.train_btn.click()
+    qtbot.waitUntil(lambda: not w.busy and w.model is not None, timeout=TIMEOUT_MS)
+    first = w.model
+    assert first.trained_kinds == ["fe", "fec", "re"]
+    latents = {ly.name for ly in viewer.layers if ly.metadata.get("latent")}
+    assert latents == {f"CellBench sample | {k} latent" for k in ("FE", "FEC", "RE")}
+    path = tmp_path / "m.safetensors"
+    w.save_model(str(path))
+    # retrain for long, cancel from the activity dock's progress bar (napari's cancelable_progress)
+    w.epochs_spin.setValue(500)
+    w.train_btn.click()
+    qtbot.waitUntil(lambda: w._pbar is not None and w._pbar.n >= 1, timeout=TIMEOUT_MS)
+    w._pbar.cancel()
+    qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT_MS)
+    assert w.model is first and w.last_error is None
+    assert {ly.name for ly in viewer.layers if ly.metadata.get("latent")} == latents
+    assert all(ly.metadata["scmedal_model"] is first for ly in viewer.layers if ly.metadata.get("latent"))
+    assert "previous model" in w.status_label.text()
+    _, ex = viewer.window.add_plugin_dock_widget(PLUGIN, "Genomap explorer")
+    assert ex.model() is first
+    # and the widget's own Cancel button: the same
+    w.train_btn.click()
+    qtbot.waitUntil(lambda: len(w.loss_canvas.curves.get("fe", {}).get("val/total", [])) >= 1, timeout=TIMEOUT_MS)
+    w.cancel_btn.click()
+    qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT_MS)
+    assert w.model is first
+    # loading after a cancel does not report a cancellation
+    w.load_model(str(path))
+    qtbot.waitUntil(lambda: not w.busy and w.model is not first, timeout=TIMEOUT_MS)
+    assert "cancelled" not in w.status_label.text()
