@@ -142,3 +142,48 @@ def test_cancelling_a_retrain_keeps_the_previous_model_and_its_layers(make_napar
     w.load_model(str(path))
     qtbot.waitUntil(lambda: not w.busy and w.model is not first, timeout=TIMEOUT_MS)
     assert "cancelled" not in w.status_label.text()
+
+
+def test_the_writer_claims_only_genomaps_and_takes_the_explorers_mixed_layers(make_napari_viewer, qtbot, trained,
+                                                                               tmp_path):
+    """Item 5: an ordinary image saved as .tif goes to napari's own writer (no sidecar, no stack); the explorer's
+    whole set of layers (images, points, shapes) saved as NAME.genomap.tif writes the genomap stack."""
+    import tifffile
+
+    from napari_scmedal._napari._writer import sidecar_path
+
+    viewer, cells, ex = _explorer(make_napari_viewer, trained)
+    photo = viewer.add_image(np.arange(64, dtype=np.uint16).reshape(8, 8), name="microscopy")
+    viewer.layers.selection = {photo}
+    out = tmp_path / "photo.tif"
+    written = viewer.layers.save(str(out), selected=True)
+    assert written and np.array_equal(tifffile.imread(out), photo.data)
+    assert not sidecar_path(out).exists()
+    ex.mode_combo.setCurrentText("cell indices")
+    ex.indices_edit.setText("3, 9")
+    ex.compute()
+    qtbot.waitUntil(lambda: not ex.busy and ex.comparison is not None, timeout=TIMEOUT_MS)
+    mine = [ly for ly in viewer.layers if ly.name.startswith("genomap | ")]
+    assert {type(ly).__name__ for ly in mine} >= {"Image", "Points", "Shapes"}
+    viewer.layers.selection = set(mine)
+    path = tmp_path / "comparison.genomap.tif"
+    written = viewer.layers.save(str(path), selected=True)
+    assert written, "No data written"
+    images = [ly for ly in mine if type(ly).__name__ == "Image"]
+    stack = tifffile.imread(path)
+    assert stack.shape[0] == len(images) and sidecar_path(path).exists()
+
+
+def test_widgets_are_in_napari_menus(make_napari_viewer):
+    """napari conventions: the three widgets are contributed to napari's own menus (npe2 ``menus``) as well as
+    Plugins."""
+    from napari._app_model import get_app_model
+
+    make_napari_viewer()
+    app = get_app_model()
+    found = {}
+    for mid in ("napari/layers/visualize", "napari/layers/data", "napari/file/io_utilities"):
+        found[mid] = [i.command.id for i in app.menus.get_menu(mid) if hasattr(i, "command")]
+    assert "napari-scmedal.explorer_widget" in found["napari/layers/visualize"]
+    assert "napari-scmedal.model_widget" in found["napari/layers/data"]
+    assert "napari-scmedal.export_widget" in found["napari/file/io_utilities"]

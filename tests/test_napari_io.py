@@ -178,10 +178,15 @@ def test_writer_writes_stack_and_layout_sidecar(tmp_path, ext):
 def test_writer_rejects_mixed_shapes_with_a_fix(tmp_path):
     from napari_scmedal.errors import ScMEDALError
 
+    g = {"metadata": {"kind": "expression"}}
+    write = write_genomaps
     with pytest.raises(ScMEDALError, match="select layers of one"):
-        write_genomaps(str(tmp_path / "x.npy"), [(np.zeros((3, 3)), {}, "image"), (np.zeros((4, 3)), {}, "image")])
-    with pytest.raises(ScMEDALError, match=r"\.tif, \.tiff or \.npy"):
-        write_genomaps(str(tmp_path / "x.png"), [(np.zeros((3, 3)), {}, "image")])
+        write(str(tmp_path / "x.npy"), [(np.zeros((3, 3)), g, "image"), (np.zeros((4, 3)), g, "image")])
+    with pytest.raises(ScMEDALError, match=r"\.genomap\.tif, \.genomap\.tiff or \.genomap\.npy"):
+        write(str(tmp_path / "x.png"), [(np.zeros((3, 3)), g, "image")])
+    with pytest.raises(ScMEDALError, match=r"\['photo'\] is not a genomap layer .* napari's own writer"):
+        write(str(tmp_path / "x.genomap.tif"), [(np.zeros((3, 3)), g, "image"), (np.zeros((3, 3)), {"name": "photo"},
+                                                                                 "image")])
 
 
 def test_pca_of_large_data_fits_on_a_subsample_and_projects_every_cell():

@@ -489,7 +489,7 @@ def test_save_genomap_layers_through_napari_writer(make_napari_viewer, qtbot, tr
     comp = ex.comparison
     chosen = [viewer.layers["genomap | Original"], viewer.layers["genomap | FE - Original"]]
     viewer.layers.selection = set(chosen)
-    path = tmp_path / "maps.npy"
+    path = tmp_path / "maps.genomap.npy"
     viewer.layers.save(str(path), selected=True, plugin=PLUGIN)
     stack = np.load(path)
     assert stack.shape == (2, 34, 16)

@@ -1,5 +1,10 @@
 """npe2 writer: genomap image layers -> one image stack (.tif/.tiff/.npy) + a JSON gene-layout sidecar.
 
+napari routes a save here only for file names ending in ``.genomap.tif``, ``.genomap.tiff`` or
+``.genomap.npy`` (napari.yaml): an ordinary ``.tif`` of an ordinary image goes to napari's own writer.
+The selection may mix the explorer's image, points and shapes layers: the annotation layers (titles,
+frames, top-gene marks) are skipped, and an image layer that is not a genomap tile is refused by name.
+
 The stack has shape ``(n_layers, height, width)`` (float32; empty pixels NaN) in the order the
 layers were selected. The sidecar ``<file>.genomap.json`` records each layer's name and kind, the
 tile geometry and, when the layers came from the genomap explorer, the gene layout
@@ -30,11 +35,30 @@ def _atomic_write(path: Path, write) -> None:
         write(tmp)
 
 
+#: File-name endings napari routes to this writer (napari.yaml).
+EXTENSIONS = (".genomap.tif", ".genomap.tiff", ".genomap.npy")
+GENOMAP_KINDS = ("expression", "difference")
+
+
+def is_genomap_layer_data(meta: dict) -> bool:
+    """Whether an image layer's ``meta`` (napari layer-data attributes) describes a genomap tile: the
+    explorer marks them with a ``kind`` (expression/difference) and the gene layout."""
+    md = (meta or {}).get("metadata", {}) or {}
+    return md.get("kind") in GENOMAP_KINDS
+
+
 def write_genomaps(path: str, layer_data: list) -> list[str]:
-    """Write image layers (``(data, meta, "image")`` tuples) as a stack plus sidecar; return the paths."""
+    """Write genomap image layers (``(data, meta, layer_type)`` tuples; points and shapes annotation layers
+    are skipped) as a stack plus sidecar; return the paths."""
     path = Path(path)
+    layer_data = [t for t in layer_data if t[2] == "image"]
     if not layer_data:
         raise ScMEDALError("No image layer to save: select one or more genomap image layers, then save again.")
+    foreign = [str(m.get("name")) for _, m, _ in layer_data if not is_genomap_layer_data(m)]
+    if foreign:
+        raise ScMEDALError(f"{foreign} {'is not a genomap layer' if len(foreign) == 1 else 'are not genomap layers'} "
+                           "(no gene layout): this writer saves genomap tiles of the Genomap explorer. Save other "
+                           "images with napari's own writer (a file name without '.genomap', e.g. image.tif).")
     arrays = [np.asarray(d, dtype=np.float32) for d, _, _ in layer_data]
     shapes = {a.shape for a in arrays}
     if len(shapes) != 1:
@@ -55,7 +79,8 @@ def write_genomaps(path: str, layer_data: list) -> list[str]:
 
         _atomic_write(path, _save)
     else:
-        raise ScMEDALError(f"Cannot write genomaps to '{path.name}': use a .tif, .tiff or .npy file name.")
+        raise ScMEDALError(f"Cannot write genomaps to '{path.name}': use a .genomap.tif, .genomap.tiff or "
+                           ".genomap.npy file name (.tif, .tiff or .npy from Python).")
 
     layers = []
     layout = tile = gap = None
