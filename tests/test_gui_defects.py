@@ -164,12 +164,12 @@ def test_the_writer_claims_only_genomaps_and_takes_the_explorers_mixed_layers(ma
     ex.compute()
     qtbot.waitUntil(lambda: not ex.busy and ex.comparison is not None, timeout=TIMEOUT_MS)
     mine = [ly for ly in viewer.layers if ly.name.startswith("genomap | ")]
-    assert {type(ly).__name__ for ly in mine} >= {"Image", "Points", "Shapes"}
+    assert {ly._type_string for ly in mine} >= {"image", "points", "shapes"}
     viewer.layers.selection = set(mine)
     path = tmp_path / "comparison.genomap.tif"
     written = viewer.layers.save(str(path), selected=True)
     assert written, "No data written"
-    images = [ly for ly in mine if type(ly).__name__ == "Image"]
+    images = [ly for ly in mine if ly._type_string == "image"]
     stack = tifffile.imread(path)
     assert stack.shape[0] == len(images) and sidecar_path(path).exists()
 
@@ -187,3 +187,25 @@ def test_widgets_are_in_napari_menus(make_napari_viewer):
     assert "napari-scmedal.explorer_widget" in found["napari/layers/visualize"]
     assert "napari-scmedal.model_widget" in found["napari/layers/data"]
     assert "napari-scmedal.export_widget" in found["napari/file/io_utilities"]
+
+
+def test_status_bar_names_the_gene_under_the_cursor(make_napari_viewer, qtbot, trained):
+    """Item 6: napari's status bar (built from the active layer's status hook) shows the gene and its value."""
+    viewer, cells, ex = _explorer(make_napari_viewer, trained)
+    ex.mode_combo.setCurrentText("cell indices")
+    ex.indices_edit.setText("3, 9")
+    ex.compute()
+    qtbot.waitUntil(lambda: not ex.busy and ex.comparison is not None, timeout=TIMEOUT_MS)
+    comp = ex.comparison
+    tile = viewer.layers["genomap | Original"]
+    gene = comp.layout.genes[5]
+    r, c = comp.layout.pixel_of(gene)
+    R = comp.shape[0]
+    y, x = tile.data_to_world((R + 2 + r, c))[-2:]  # second row (gap of 2 pixels)
+    viewer.layers.selection.active = tile
+    viewer.mouse_over_canvas = True
+    viewer.cursor.position = (y, x)
+    status, _ = viewer._calc_status_from_cursor()
+    assert gene in status["coordinates"] and comp.row_titles[1] in status["coordinates"]
+    assert f"{comp.images['Original'][1, r, c]:.3g}"[:4] in status["coordinates"]
+    assert ex.lookup((y, x))["gene"] == gene

@@ -47,6 +47,7 @@ from qtpy.QtWidgets import (
 )
 
 from ._common import MODEL_KEY, cells_layers, model_layers, notify_error
+from ._genomap_layer import GenomapImage
 from ._layers import ADATA_KEY
 from ._settings import load_settings, save_settings
 
@@ -529,9 +530,9 @@ class GenomapExplorer(QWidget):
                 top = min(o.extent.world[0][-2] for o in others)
                 right = max(o.extent.world[1][-1] for o in others) + STACK_GAP
             # cache=False: napari's global dask cache would keep every visited slice (see module doc)
-            ly = self.viewer.add_image(stack, name=name, colormap=EXPRESSION_CMAP, contrast_limits=limits,
-                                       interpolation2d="nearest", metadata=meta, cache=False,
-                                       translate=(0.0, top, right))
+            ly = self.viewer.add_layer(GenomapImage(stack, name=name, colormap=EXPRESSION_CMAP,
+                                                    contrast_limits=limits, interpolation2d="nearest",
+                                                    metadata=meta, cache=False, translate=(0.0, top, right)))
         self.stack_layer = ly
         n = stack.shape[0]
         self.status_label.setText(f"{name}: {n} cells as {stack.shape[1]} x {stack.shape[2]} genomaps, computed "
@@ -615,8 +616,9 @@ class GenomapExplorer(QWidget):
                 ly.contrast_limits_range = limits
                 ly.contrast_limits = limits
             else:
-                ly = self.viewer.add_image(data, name=lname, colormap=cmap, contrast_limits=limits,
-                                           translate=translate, interpolation2d="nearest", metadata=meta)
+                ly = self.viewer.add_layer(GenomapImage(data, name=lname, colormap=cmap, contrast_limits=limits,
+                                                        translate=translate, interpolation2d="nearest",
+                                                        metadata=meta))
             self.layers[name] = ly
         for ly in list(self.viewer.layers):
             if ly.metadata.get(GENOMAP_KEY) and ly.name not in wanted and ly.name not in (
@@ -803,4 +805,3 @@ class GenomapExplorer(QWidget):
                 lines.append(f"{kind}: {vals}")
         text = "\n".join(lines)
         self.hover_label.setText(text)
-        viewer.status = f"{gene} | {info['image']}: {info['values'][info['image']]:.3f}"
