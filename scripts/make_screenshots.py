@@ -101,6 +101,7 @@ def main(argv=None):
     win.statusBar()._toggle_activity_dock(True)  # noqa: SLF001 - show the progress bars
     pump(1.0)
     mw.loss_canvas.redraw(force=True)
+    mw.loss_canvas.wait_idle()
     shot("02_training.png")
     win.statusBar()._toggle_activity_dock(False)  # noqa: SLF001
     wait(mw, "training")

@@ -209,3 +209,54 @@ def test_status_bar_names_the_gene_under_the_cursor(make_napari_viewer, qtbot, t
     assert gene in status["coordinates"] and comp.row_titles[1] in status["coordinates"]
     assert f"{comp.images['Original'][1, r, c]:.3g}"[:4] in status["coordinates"]
     assert ex.lookup((y, x))["gene"] == gene
+
+
+def test_loss_plot_renders_off_the_gui_thread_with_three_series_by_default(make_napari_viewer, qtbot):
+    """Item 4 and 'loss plots': the loss figure is drawn in a background thread (the GUI thread only swaps a
+    pixmap), three series by default, every loss behind a toggle."""
+    import threading
+
+    from napari_scmedal._napari import _loss_canvas
+    from napari_scmedal._napari._loss_canvas import MAIN_SERIES, LossCanvas, render_curves
+
+    threads = []
+    real = render_curves
+
+    def spy(*a, **k):
+        threads.append(threading.current_thread())
+        return real(*a, **k)
+
+    canvas = LossCanvas()
+    qtbot.addWidget(canvas)
+    _loss_canvas.render_curves = spy
+    try:
+        for ep in range(1, 40):
+            canvas.add({"model": "fe", "epoch": ep, "train": {"total": 10 / ep, "recon": 1 / ep, "adv": 1.6},
+                        "val": {"total": 11 / ep, "recon": 1.1 / ep, "adv": 1.6, "adv_acc": 0.3}})
+        canvas.redraw(force=True)
+        assert canvas.wait_idle()
+    finally:
+        _loss_canvas.render_curves = real
+    assert threads and all(t is not threading.main_thread() for t in threads)
+    assert len(threads) < 10  # coalesced: not one render per epoch
+    assert canvas.renders >= 1 and not canvas.view.pixmap().isNull()
+    img_main = render_curves(canvas.curves, 400, 190, show_all=False)
+    img_all = render_curves(canvas.curves, 400, 190, show_all=True)
+    assert img_main.shape == (190, 400, 4) and not np.array_equal(img_main, img_all)
+    assert set(MAIN_SERIES) == {"train/total", "val/total", "val/recon"}
+
+
+def test_progress_counts_to_the_expected_stop_and_shows_one_eta(make_napari_viewer):
+    """Item 4: the ETA follows early stopping (not max epochs) and is shown once."""
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "cellbench")
+    w = _model_widget(viewer, epochs=500)
+    info = {"model": "fe", "epoch": 12, "max_epochs": 500, "patience_left": 9, "min_epochs": 19, "eta_s": 42.0,
+            "train": {"total": 1.0}, "val": {"total": 1.2}}
+    w._on_progress(info)
+    assert w._pbar.total == 21 and w._pbar.n == 12  # 12 + 9 epochs of patience left, past min 19
+    assert "ETA" not in w._pbar.desc and w.status_label.text().count("ETA") == 1
+    assert "of ~21" in w.status_label.text() and "at most 500" in w.status_label.text()
+    w._on_progress(dict(info, epoch=13, patience_left=10))  # a new best epoch pushes the end back
+    assert w._pbar.total == 23
+    w._close_pbar()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 
 import numpy as np
 from napari.qt.threading import create_worker
@@ -34,6 +33,7 @@ from qtpy.QtWidgets import (
 from ._common import MODEL_KEY, Bridge, cells_layers, notify_error, notify_info, obs_columns
 from ._health_view import TrainingReport
 from ._layers import ADATA_KEY, cells_layer_data, pca_2d
+from ._loss_canvas import LossCanvas
 from ._settings import load_settings, save_settings
 
 SECTION = "model_widget"
@@ -62,66 +62,22 @@ def grid_text(n_genes: int) -> str:
     return f"genomap {rows} x {cols}{extra}"
 
 
+def expected_last_epoch(info: dict) -> int:
+    """The epoch training is expected to stop at, from a progress ``info``: early stopping after the
+    remaining patience, not before the minimum number of epochs, at most ``max_epochs``."""
+    ep = int(info.get("epoch", 0))
+    left = info.get("patience_left")
+    max_ep = int(info.get("max_epochs") or ep or 1)
+    if left is None:
+        return max_ep
+    return int(min(max_ep, max(int(info.get("min_epochs") or 1), ep + max(int(left), 0))))
+
+
 def _fmt_eta(seconds) -> str:
     if seconds is None or not np.isfinite(seconds):
         return "?"
     seconds = int(round(seconds))
     return f"{seconds // 60}:{seconds % 60:02d}"
-
-
-class LossCanvas(QWidget):
-    """Live loss curves (one panel per network: FE/FEC and RE), matplotlib in the dock."""
-
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
-
-        self.figure = Figure(figsize=(4, 2.6), dpi=80, layout="constrained")
-        self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(200)
-        lay = QVBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(self.canvas)
-        self.reset()
-
-    def reset(self):
-        self.curves = {}  # model -> {"train/name": [(epoch, value)], "val/name": [...]}
-        self._last_draw = 0.0
-        self.redraw(force=True)
-
-    def add(self, info):
-        d = self.curves.setdefault(info.get("model", "?"), {})
-        ep = info.get("epoch", 0)
-        for split in ("train", "val"):
-            for name, value in (info.get(split) or {}).items():
-                if "acc" in name:  # accuracies are not losses
-                    continue
-                if isinstance(value, (int, float)) and np.isfinite(value):
-                    d.setdefault(f"{split}/{name}", []).append((ep, float(value)))
-        self.redraw()
-
-    def redraw(self, force=False):
-        now = time.monotonic()
-        if not force and now - self._last_draw < 0.25:
-            return
-        self._last_draw = now
-        self.figure.clear()
-        models = list(self.curves) or ["training"]
-        axes = self.figure.subplots(1, len(models), squeeze=False)[0]
-        for ax, m in zip(axes, models):
-            for key, pts in sorted(self.curves.get(m, {}).items()):
-                if not pts:
-                    continue
-                e, v = zip(*pts)
-                ax.plot(e, v, "-" if key.startswith("train") else "--", label=key, lw=1)
-            ax.set_title(m.upper(), fontsize=9)
-            ax.set_xlabel("epoch", fontsize=8)
-            ax.set_yscale("symlog", linthresh=1e-2)
-            ax.tick_params(labelsize=7)
-            if self.curves.get(m):
-                ax.legend(fontsize=6, loc="upper right")
-        self.canvas.draw_idle()
 
 
 class ModelWidget(QWidget):
@@ -413,17 +369,19 @@ class ModelWidget(QWidget):
         val = info.get("val") or {}
         vtxt = ", ".join(f"{k} {v:.4g}" for k, v in val.items()
                          if isinstance(v, (int, float)) and "acc" not in k)
+        last = expected_last_epoch(info)
         self.status_label.setText(
-            f"{m.upper()} epoch {ep}/{info.get('max_epochs', '?')}, ETA {eta}" + (f"; val {vtxt}" if vtxt else "")
-        )
-        total = int(info.get("max_epochs") or 0) or None
+            f"{m.upper()} epoch {ep} of ~{last} (early stopping; at most {info.get('max_epochs', '?')}), ETA {eta}"
+            + (f"; val {vtxt}" if vtxt else ""))
         if self._pbar is None or self._pbar_model != m:
             self._close_pbar()
             # cancelable: the activity dock's cancel button stops training like the widget's Cancel
-            self._pbar = cancelable_progress(total=total, desc=f"scMEDAL {m.upper()}", cancel_callback=self.cancel)
+            self._pbar = cancelable_progress(total=last, desc=f"scMEDAL {m.upper()}", cancel_callback=self.cancel)
             self._pbar_model = m
         pbar = self._pbar  # napari may process events below; keep a local handle
-        pbar.set_description(f"scMEDAL {m.upper()} (ETA {eta})")
+        # the bar counts to the epoch early stopping is expected at (it moves when a new best appears), so
+        # napari's own time estimate agrees with the label's; the ETA is shown once, in the label
+        pbar.total = last
         pbar.update(max(0, ep - pbar.n))
 
     def _close_pbar(self):
