@@ -81,9 +81,11 @@ def test_grid_layout_titles_and_shared_colour_scales():
     assert axes[0, own0].spines["left"].get_linewidth() == 2.5
     assert axes[0, own1].spines["left"].get_linewidth() != 2.5
     assert axes[1, own1].spines["left"].get_linewidth() == 2.5
-    # gene labels of row 0 drawn on its panels
-    texts = [t.get_text() for t in axes[0, 0].texts]
+    # gene labels of row 0: circled on every tile of the row, named once beside its last tile
+    texts = [t.get_text() for t in axes[0, -1].texts]
     assert "G1_1" in texts and "G2_3" in texts and "G4_4" not in texts
+    assert all(len(ax.collections) == 1 for ax in axes[0])
+    assert not axes[0, 0].texts
     assert fig._suptitle.get_text() == "Panel"
 
 

@@ -440,8 +440,8 @@ def test_export_writes_the_requested_size(make_napari_viewer, qtbot, trained, tm
     _compute(ex, qtbot)
     _, xw = viewer.window.add_plugin_dock_widget(PLUGIN, "Export figure")
     assert xw.columns_list.count() == len(ex.comparison.names)
-    xw.width_spin.setValue(6.0)
-    xw.height_spin.setValue(2.5)
+    xw.width_spin.setValue(152.4)
+    xw.height_spin.setValue(63.5)
     xw.dpi_spin.setValue(100)
     path = tmp_path / f"panel{ext}"
     xw.export(str(path))

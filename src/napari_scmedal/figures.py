@@ -3,8 +3,17 @@
 Rows are cells (or averaged groups), columns are versions (Original, FE, RE, counterfactuals,
 differences).  Expression images share one sequential colour scale (viridis) and one colour bar;
 difference images share a diverging colour scale centred on zero (RdBu_r) and their own colour
-bar.  The counterfactual to a row's own batch is framed.  Optionally the genes varying most
-across the counterfactual batches are marked and labelled.
+bar; both bars sit under the columns they apply to and are labelled with the units.  The
+counterfactual to a row's own batch is framed.  Optionally the genes varying most across the
+counterfactual batches are circled on every tile and named, with leader lines, in a label column
+to the right of each row.
+
+Panels are laid out for their physical size: by default a full-page 180 mm wide panel (narrower
+when there are few columns: tiles are capped at 50 mm), its height following from the number
+of rows so that genomap pixels stay square.  Every text is measured and placed at its final
+size: nothing is smaller than 6 pt, column titles are wrapped, abbreviated or turned upright
+rather than shrunk, gene labels never overlap, and no text leaves the page.  The layout fills
+the page up to a 1 mm margin, so the file is written at exactly the requested size.
 
 Figures are plain :class:`matplotlib.figure.Figure` objects on the Agg canvas: nothing here
 touches ``matplotlib.pyplot``, so no global figure state is created or leaked, and it works
@@ -13,25 +22,31 @@ headless.  Pure core: no Qt, no napari.
 from __future__ import annotations
 
 import os
-import textwrap
 from typing import Sequence
 
+import matplotlib
 import numpy as np
 from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize, TwoSlopeNorm
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
+from ._figure_text import (DEFAULT_WIDTH_MM, FONT_PT, MAX_TILE_MM, MIN_FONT_PT, MM, PAD, SAVE_RC, SMALL_PT,  # noqa: F401
+                           TIGHT_PAD, TITLE_PT, FigureFormatError, _bar_block_height, _check_size, _colorbar,
+                           _fit_column_titles, _Meter, _new_figure, _place_bars, _spread, _wrap, display_name,
+                           short_name)
 from ._utils import atomic_output
-from .errors import ScMEDALError
 
 __all__ = [
     "FIGURE_FORMATS",
+    "DEFAULT_WIDTH_MM",
+    "MIN_FONT_PT",
     "FigureFormatError",
     "comparison_figure",
     "pixel_test_figure",
     "save_figure",
     "display_name",
+    "short_name",
 ]
 
 FIGURE_FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf", ".tif": "tiff", ".tiff": "tiff"}
@@ -39,17 +54,7 @@ EXPRESSION_CMAP = "viridis"
 DIFFERENCE_CMAP = "RdBu_r"
 OWN_BATCH_COLOR = "#e8590c"
 EMPTY_PIXEL_COLOR = "#d9d9d9"
-
-
-class FigureFormatError(ScMEDALError, ValueError):
-    """A figure cannot be written with the requested file name or options."""
-
-
-def display_name(name: str, width: int = 22) -> str:
-    """Column title for display: arrows drawn as arrows, wrapped to ``width`` characters."""
-    pretty = name.replace(" -> ", " \u2192 ")
-    return "\n".join(textwrap.wrap(pretty, width=width, break_long_words=True)) or pretty
-
+GENE_COLOR = "#d62728"
 
 def _cmap(name: str):
     cm = colormaps[name].copy()
@@ -57,31 +62,30 @@ def _cmap(name: str):
     return cm
 
 
-def _new_figure(size, dpi) -> Figure:
-    fig = Figure(figsize=size, dpi=dpi)
-    FigureCanvasAgg(fig)
-    return fig
-
-
 def comparison_figure(
     comparison,
     columns: Sequence[str] | None = None,
     gene_labels: bool | int = False,
     title: str | None = None,
-    size: tuple[float, float] | None = None,
+    size: tuple[float, float | None] | None = None,
     dpi: int = 100,
     rows: Sequence[int] | None = None,
 ) -> Figure:
-    """Grid figure of a comparison.
+    """Grid figure of a comparison, laid out for its physical size.
 
     Parameters
     ----------
     comparison : :class:`~napari_scmedal.compare.Comparison`.
     columns : version names to show, in order (default: all, in the comparison's order).
     gene_labels : ``False`` for none, ``True`` for the comparison's top genes of each row (10),
-        an int for that many.
-    title : figure title (suptitle).
-    size : ``(width, height)`` in inches (default grows with the number of rows and columns).
+        an int for that many.  They are circled on every tile of the row and named in a label
+        column to its right, with leader lines to the last tile; when a row is too short for all
+        names, the best-ranked ones that fit are named (the full list is the comparison's
+        ``top_genes`` table, written as CSV by the CLI) and a note under the panel says so.
+    title : figure title.
+    size : ``(width, height)`` in inches; height ``None`` follows from the rows so that pixels
+        stay square.  Default: 180 mm wide (a full page; narrower when tiles would exceed
+        50 mm), height derived.  Fonts stay >= 6 pt whatever the size.
     dpi : figure resolution (pixels per inch on screen; :func:`save_figure` chooses the file's).
     rows : which rows to draw (default all).
     """
@@ -99,140 +103,355 @@ def comparison_figure(
         raise FigureFormatError(
             f"Row(s) {bad or row_ids} do not exist: the comparison has {comparison.n_rows} row(s)."
         )
+    given_w, given_h = (None, None) if size is None else _check_size(size)
     n_labels = 10 if gene_labels is True else int(gene_labels or 0)
     n_r, n_c = len(row_ids), len(names)
     kinds = [comparison.kinds[c] for c in names]
-    has_expr = "expression" in kinds
-    has_diff = "difference" in kinds
-    n_bars = int(has_expr) + int(has_diff)
-    panel, gap = 1.3, 0.12  # inches: one genomap, the space between two
-    bar_block = 0.95  # inches per colour bar: bar, ticks and label
-    left_in, bottom_in = 0.45 + 0.12 * min(24, max(len(t) for t in comparison.row_titles)) / 4, 0.15
-    top_in = 0.75 + (0.4 if title else 0.0)
-    if size is None:
-        size = (left_in + n_c * (panel + gap) + n_bars * bar_block + 0.1,
-                bottom_in + n_r * (panel + gap) + top_in)
-    try:
-        w, h = float(size[0]), float(size[1])
-    except (TypeError, ValueError, IndexError):
-        raise FigureFormatError(f"size must be (width, height) in inches, got {size!r}.") from None
-    if not (w > 0 and h > 0):
-        raise FigureFormatError(f"size must be positive (width, height) in inches, got {size!r}.")
-    fig = _new_figure((w, h), dpi)
-    left = min(left_in / w, 0.3)
-    right = max(left + 0.1, 1 - (n_bars * bar_block + 0.1) / w)
-    top = max(0.5, 1 - top_in / h)
-    bottom = min(bottom_in / h, 0.1)
-    gs = fig.add_gridspec(n_r, n_c, wspace=gap / panel, hspace=gap / panel,
-                          left=left, right=right, top=top, bottom=bottom)
+    top = getattr(comparison, "top_genes", None)
+    sel = {}
+    if n_labels and top is not None and len(top):
+        for r in row_ids:
+            s = top[top["row"] == r]
+            if "rank" in s:
+                s = s.sort_values("rank", kind="stable")
+            if len(s):
+                sel[r] = s.head(n_labels)
+    units = getattr(comparison, "units", "expression")
+    bar_labels = {"expression": units, "difference": f"difference ({units})"}
+    bar_kinds = [k for k in ("expression", "difference") if k in kinds]
+
+    meter = _Meter()
+    W = given_w if given_w is not None else DEFAULT_WIDTH_MM * MM
+    hgap, vgap = 1.2 * MM, 1.2 * MM
+    n_pix_r, n_pix_c = comparison.shape
+    aspect = n_pix_r / max(n_pix_c, 1)  # tile height / width: square pixels
+
+    # left: row labels, horizontal, right-aligned, wrapped
+    row_texts = [_wrap(meter, str(comparison.row_titles[r]), FONT_PT, min(32 * MM, 0.22 * W))[0]
+                 for r in row_ids]
+    label_pad = 3 / 72
+    left_w = max(meter.size(t, FONT_PT)[0] for t in row_texts) + label_pad + 1 / 72
+    # right: the gene-label column
+    leader = 4.0 * MM
+    gene_w = 0.0
+    if sel:
+        gene_w = leader + max(meter.width(str(g), SMALL_PT) for s in sel.values() for g in s["gene"]) + 0.5 * MM
+
+    def tile_width(gw):
+        tw = (W - 2 * PAD - left_w - gw - (n_c - 1) * hgap) / n_c
+        if given_w is None:
+            tw = min(tw, MAX_TILE_MM * MM)
+        return max(tw, 1.0 * MM)
+
+    tile_w = tile_width(gene_w)
+    # row labels taller than a row (many narrow columns): fewer, longer lines
+    for wrap_w in (45 * MM, 60 * MM, 0.4 * W):
+        if (max(meter.size(t, FONT_PT)[1] for t in row_texts) <= tile_w * aspect + vgap
+                or wrap_w <= min(32 * MM, 0.22 * W)):
+            break
+        row_texts = [_wrap(meter, str(comparison.row_titles[r]), FONT_PT, wrap_w)[0] for r in row_ids]
+        left_w = max(meter.size(t, FONT_PT)[0] for t in row_texts) + label_pad + 1 / 72
+        tile_w = tile_width(gene_w)
+
+    title_pad = 2 / 72
+
+    def vertical_layout(tw):
+        th = tw * aspect
+        col = _fit_column_titles(meter, names, tw, max(12 * MM, min(40 * MM, 4 * th)), hgap)
+        gx0 = PAD + left_w
+        gx1 = gx0 + n_c * tw + (n_c - 1) * hgap
+        spans = []
+        for k in bar_kinds:
+            js = [j for j, kk in enumerate(kinds) if kk == k]
+            spans.append((gx0 + min(js) * (tw + hgap), gx0 + max(js) * (tw + hgap) + tw))
+        # under the grid only: the gene-label column beside it stays free for labels and leaders
+        bars = _place_bars(spans, gx0, gx1, 6 * MM, min(20 * MM, max(5 * MM, gx1 - gx0)), 55 * MM)
+        # each bar's label may use the free width around it: the row-label column on the left,
+        # up to the gene names on the right, half-way to the other bar
+        label_ws = []
+        order = sorted(range(len(bars)), key=lambda k: bars[k][0])
+        for pos, k in enumerate(order):
+            c, w = bars[k]
+            left = PAD if pos == 0 else (bars[order[pos - 1]][0] + bars[order[pos - 1]][1] / 2 + c - w / 2) / 2 + 1 * MM
+            right = (gx1 + leader - 1 * MM if pos == len(order) - 1
+                     else (c + w / 2 + bars[order[pos + 1]][0] - bars[order[pos + 1]][1] / 2) / 2 - 1 * MM)
+            label_ws.append((k, max(w, 2 * min(c - left, right - c))))
+        label_ws = [lw for _, lw in sorted(label_ws)]
+        bar_h = max((_bar_block_height(meter, [bar_labels[k]], lw) for k, lw in zip(bar_kinds, label_ws)),
+                    default=0.0)
+        return th, col, bars, label_ws, bar_h
+
+    th, col, bars, label_ws, bar_h = vertical_layout(tile_w)
+    lh_gene = meter.size("Ag", SMALL_PT)[1] * 1.1  # one gene label, with a little air
+
+    def capacities():
+        """Gene labels that fit beside each row: its height, plus the empty room above the
+        first row (beside the column titles) and below the last (beside the colour bars)."""
+        caps = []
+        for i in range(n_r):
+            above = col[4] + title_pad if i == 0 else vgap / 2
+            below = bar_h if i == n_r - 1 else vgap / 2
+            caps.append(max(1, int((th + above + below) / lh_gene)))
+        return caps
+
+    def label_column_width(caps):
+        return leader + max(meter.width(str(g), SMALL_PT) for i, r in enumerate(row_ids) if r in sel
+                            for g in sel[r]["gene"].head(caps[i])) + 0.5 * MM
+
+    if sel:  # the label column only as wide as the names that fit beside the rows
+        gene_w = label_column_width(capacities())
+        for _ in range(3):
+            tile_w = tile_width(gene_w)
+            th, col, bars, label_ws, bar_h = vertical_layout(tile_w)
+            need = label_column_width(capacities())
+            if need <= gene_w + 1e-9:
+                break
+            gene_w = need
+
+    if given_w is None:  # capped tiles: the page is only as wide as the content
+        W = min(W, 2 * PAD + left_w + n_c * tile_w + (n_c - 1) * hgap + gene_w)
+    sup = ""
+    sup_h = 0.0
+    if title:
+        sup = _wrap(meter, str(title), TITLE_PT, W - 2 * PAD)[0]
+        sup_h = meter.size(sup, TITLE_PT)[1] + 1.0 * MM
+
+    notes = []
+    own_cols = [comparison.own_batch_column(r) for r in row_ids]
+    if any(o is not None and o in names for o in own_cols):
+        notes.append("Orange frame: counterfactual to the row's own batch.")
+    if col[3]:
+        notes.append("CF: counterfactual; recon.: reconstruction.")
+
+    def note_lines(caps):
+        gene_note = []
+        if sel:
+            n_max = max(len(s) for s in sel.values())
+            shown = [min(c, len(sel[r])) for c, r in zip(caps, row_ids) if r in sel]
+            txt = f"Red circles: the {n_max} genes varying most across the counterfactuals in each row"
+            if any(k < len(sel[r]) for k, r in zip(shown, [r for r in row_ids if r in sel])):
+                k = f"{min(shown)}" if min(shown) == max(shown) else f"{min(shown)} to {max(shown)}"
+                txt += f"; the top {k} named (all {n_max}: the comparison's top-genes table)"
+            gene_note = [txt + "."]
+        s = " ".join(notes + gene_note)
+        return _wrap(meter, s, SMALL_PT, W - 2 * PAD)[0] if s else ""
+
+    def note_height(note):
+        return meter.size(note, SMALL_PT)[1] + 1.0 * MM if note else 0.0
+
+    def fixed_h(col_h, bar_h):  # the note depends on the current layout (labels that fit)
+        return (2 * PAD + sup_h + col_h + title_pad + bar_h + note_height(note_lines(capacities()))
+                + (n_r - 1) * vgap)
+
+    note = note_lines(capacities())
+
+    H = fixed_h(col[4], bar_h) + n_r * th
+    if given_h is not None:
+        if given_h < H:  # shrink the tiles to the given height
+            # the widest tiles whose panel (titles, tiles, colour bars) fits: bisection
+            lo_w, hi_w = 1.0 * MM, tile_w
+            for _ in range(10):
+                mid = (lo_w + hi_w) / 2
+                th, col, bars, label_ws, bar_h = vertical_layout(mid)
+                if fixed_h(col[4], bar_h) + n_r * th <= given_h:
+                    lo_w = mid
+                else:
+                    hi_w = mid
+            tile_w = lo_w
+            th, col, bars, label_ws, bar_h = vertical_layout(tile_w)
+            note = note_lines(capacities())
+        H = given_h
+    note_h = note_height(note)
+    content_w = left_w + n_c * tile_w + (n_c - 1) * hgap + gene_w
+    x_off = max(0.0, (W - 2 * PAD - content_w) / 2)
+    content_h = fixed_h(col[4], bar_h) - 2 * PAD + n_r * th
+    y_off = max(0.0, (H - 2 * PAD - content_h) / 2)
+
+    fig = _new_figure((W, H), dpi)
+    gx0 = PAD + x_off + left_w
+    grid_top = H - PAD - y_off - sup_h - col[4] - title_pad
     lo, hi = comparison.expression_limits
     dlo, dhi = comparison.difference_limits
     expr_norm = Normalize(vmin=lo, vmax=hi)
     diff_norm = TwoSlopeNorm(vcenter=0.0, vmin=min(dlo, -1e-12), vmax=max(dhi, 1e-12))
     expr_cmap = _cmap(EXPRESSION_CMAP)
     diff_cmap = _cmap(DIFFERENCE_CMAP)
-    fontsize = max(5.0, min(8.0, 60.0 / max(n_c, 1)))
-    label_size = max(3.5, fontsize - 2.5)
-    top = getattr(comparison, "top_genes", None)
-    expr_im = diff_im = None
+    col_texts, col_fs, col_rot = col[0], col[1], col[2]
+    px_pt = tile_w * 72 / max(n_pix_c, 1)  # one genomap pixel, in points
+    marker_d = max(2.5, min(6.0, 1.3 * px_pt))
+    ims = {}
     axes = np.empty((n_r, n_c), dtype=object)
+    shown = []
+    caps = capacities()
     for i, r in enumerate(row_ids):
         own = comparison.own_batch_column(r)
+        y0 = grid_top - (i + 1) * th - i * vgap
         for j, name in enumerate(names):
-            ax = fig.add_subplot(gs[i, j])
+            x0 = gx0 + j * (tile_w + hgap)
+            ax = fig.add_axes((x0 / W, y0 / H, tile_w / W, th / H))
             axes[i, j] = ax
             img = np.ma.masked_invalid(comparison.images[name][r])
             if comparison.kinds[name] == "expression":
-                im = ax.imshow(img, cmap=expr_cmap, norm=expr_norm, interpolation="nearest")
-                expr_im = im
+                im = ax.imshow(img, cmap=expr_cmap, norm=expr_norm, interpolation="nearest", aspect="auto")
             else:
-                im = ax.imshow(img, cmap=diff_cmap, norm=diff_norm, interpolation="nearest")
-                diff_im = im
+                im = ax.imshow(img, cmap=diff_cmap, norm=diff_norm, interpolation="nearest", aspect="auto")
+            ims[comparison.kinds[name]] = im
             ax.set_xticks([])
             ax.set_yticks([])
+            for sp in ax.spines.values():
+                sp.set_linewidth(0.5)
             if i == 0:
-                ax.set_title(display_name(name), fontsize=fontsize)
+                if col_rot:
+                    ax.set_title(col_texts[j], fontsize=col_fs, rotation=90, ha="center", va="bottom",
+                                 multialignment="left", pad=2)
+                else:
+                    ax.set_title(col_texts[j], fontsize=col_fs, pad=2)
             if j == 0:
-                ax.set_ylabel("\n".join(textwrap.wrap(comparison.row_titles[r], 24)), fontsize=fontsize)
+                ax.set_ylabel(row_texts[i], fontsize=FONT_PT, rotation=0, ha="right", va="center",
+                              labelpad=3)
             if own is not None and name == own:
                 for sp in ax.spines.values():
                     sp.set_edgecolor(OWN_BATCH_COLOR)
                     sp.set_linewidth(2.5)
-                ax.text(0.02, 0.98, "own batch", transform=ax.transAxes, ha="left", va="top",
-                        fontsize=label_size, color="white",
-                        bbox=dict(boxstyle="round,pad=0.15", fc=OWN_BATCH_COLOR, ec="none"))
-            if n_labels and top is not None and len(top):
-                sel = top[top["row"] == r].head(n_labels)
-                if len(sel):
-                    ax.scatter(sel["col_px"], sel["row_px"], s=6, facecolors="none",
-                               edgecolors="red", linewidths=0.6)
-                    for _, t in sel.iterrows():
-                        ax.annotate(str(t["gene"]), (t["col_px"], t["row_px"]), xytext=(2, 2),
-                                    textcoords="offset points", fontsize=label_size, color="red")
-    # colour bars to the right of the grid, as tall as the image block
-    for ax in (axes[0, 0], axes[-1, -1]):
-        ax.apply_aspect()  # square pixels shrink the axes: use their drawn extent
-    first, last = axes[0, 0].get_position(), axes[-1, -1].get_position()
-    y0, y1 = last.y0, first.y1
-    x = last.x1 + 0.15 / w
-    bars = [(expr_im, getattr(comparison, "units", "expression"))] if has_expr else []
-    if has_diff:
-        bars.append((diff_im, "difference"))
-    for im, label in bars:
-        cax = fig.add_axes((x, y0, 0.12 / w, max(y1 - y0, 0.05)))
-        cb = fig.colorbar(im, cax=cax)
-        cb.set_label("\n".join(textwrap.wrap(label, 24)), fontsize=fontsize)
-        cb.ax.tick_params(labelsize=fontsize)
-        x += bar_block / w
-    if title:
-        fig.suptitle(title, fontsize=fontsize + 2)
+            if r in sel:
+                s = sel[r]
+                ax.scatter(s["col_px"], s["row_px"], s=marker_d ** 2, facecolors="none",
+                           edgecolors=GENE_COLOR, linewidths=0.6, clip_on=False)
+        # gene names beside the row, never overlapping, with elbow leader lines to the last tile
+        if r in sel:
+            s = sel[r].head(caps[i])
+            shown.append(len(s))
+            ax = axes[i, -1]
+            x_last = gx0 + (n_c - 1) * (tile_w + hgap)
+            gx1 = x_last + tile_w
+            mx = [x_last + tile_w * (float(c) + 0.5) / n_pix_c for c in s["col_px"]]
+            my = [y0 + th * (1 - (float(p) + 0.5) / n_pix_r) for p in s["row_px"]]
+            above = col[4] + title_pad if i == 0 else vgap / 2
+            below = bar_h if i == n_r - 1 else vgap / 2
+            order = sorted(range(len(s)), key=lambda k: (-my[k], mx[k]))
+            ys = _spread([my[k] for k in order], lh_gene, y0 - below + lh_gene / 2,
+                         y0 + th + above - lh_gene / 2)
+            genes = [str(g) for g in s["gene"]]
+            for k, yk in zip(order, ys):
+                ax.text((gx1 + leader) / W, yk / H, genes[k], transform=fig.transFigure, ha="left",
+                        va="center", fontsize=SMALL_PT, color=GENE_COLOR, clip_on=False)
+                r_in = marker_d / 2 / 72
+                xs = [mx[k] + r_in, gx1 + 1.0 * MM, gx1 + leader - 0.6 * MM]
+                if xs[0] >= xs[1]:
+                    xs[0] = xs[1]
+                fig.add_artist(Line2D([x / W for x in xs], [my[k] / H, my[k] / H, yk / H],
+                                      transform=fig.transFigure, color=GENE_COLOR, lw=0.4, alpha=0.85,
+                                      solid_joinstyle="round", solid_capstyle="round"))
+    # colour bars under the columns they apply to
+    bar_y = grid_top - n_r * th - (n_r - 1) * vgap - 1.8 * MM - 2.0 * MM
+    for k, (c, w), lw in zip(bar_kinds, bars, label_ws):
+        c += x_off
+        _colorbar(fig, ims[k], ((c - w / 2) / W, bar_y / H, w / W, 2.0 * MM / H), bar_labels[k], lw, meter)
+    if note:
+        fig.text(PAD / W, (PAD + y_off) / H, note, ha="left", va="bottom", fontsize=SMALL_PT,
+                 color="0.25")
+    if sup:
+        fig.suptitle(sup, fontsize=TITLE_PT, x=0.5, y=1 - (PAD + y_off) / H, va="top")
     fig._scmedal_axes = axes  # for callers/tests that want the image axes grid
+    fig._scmedal_fitted = True  # laid out to fill its size: save as is, no tight cropping
+    fig._scmedal_gene_labels_shown = shown
     return fig
 
 
+# ----------------------------------------------------------------------------------------------
+# the pixel-test panel
+# ----------------------------------------------------------------------------------------------
 def pixel_test_figure(result, background: np.ndarray | None = None, title: str | None = None,
-                      size: tuple[float, float] = (8.0, 3.6), dpi: int = 100) -> Figure:
+                      size: tuple[float, float | None] | None = None, dpi: int = 100) -> Figure:
     """Two panels for a :class:`~napari_scmedal.analysis.PixelTestResult`: the group difference
     (mean B - mean A, diverging) and -log10 q with significant pixels outlined; with
-    ``background`` (a genomap) the significant pixels are overlaid on it instead."""
-    fig = _new_figure(size, dpi)
-    axs = fig.subplots(1, 2)
+    ``background`` (a genomap) the significant pixels are overlaid on it instead.
+
+    ``size``: ``(width, height)`` in inches, height ``None`` derived; default at most 180 mm
+    wide (panels are capped at 60 mm).  Fonts stay >= 6 pt."""
+    given_w, given_h = (None, None) if size is None else _check_size(size)
+    meter = _Meter()
+    W = given_w if given_w is not None else DEFAULT_WIDTH_MM * MM
+    gap = 8 * MM
+    n_pr, n_pc = np.shape(result.diff)[:2]
+    aspect = n_pr / max(n_pc, 1)
+    pw = (W - 2 * PAD - gap) / 2
+    if given_w is None:
+        pw = min(pw, 60 * MM)
+        W = 2 * PAD + gap + 2 * pw
+    pw = max(pw, 2 * MM)
+    n_sig = int(np.asarray(result.significant, dtype=bool).sum())
+    title = title or (f"Mann-Whitney U per pixel: {n_sig} significant pixel(s) "
+                      f"(n={result.n_a} vs {result.n_b})")
+    sup = _wrap(meter, title, TITLE_PT, W - 2 * PAD)[0]
+    sup_h = meter.size(sup, TITLE_PT)[1] + 1.5 * MM
+    titles = [f"mean {result.group_b} \u2212 mean {result.group_a}",
+              ("genomap" if background is not None else "\u2212log10 q")
+              + f"; grey: not significant (q \u2265 {result.alpha:g})"]
+    titles = [_wrap(meter, t, FONT_PT, pw)[0] for t in titles]
+    t_h = max(meter.size(t, FONT_PT)[1] for t in titles) + 2 / 72
+    bar_w = min(pw, 45 * MM)
+    bar_labels = ["difference", "expression" if background is not None else "\u2212log10 q"]
+    bar_h = _bar_block_height(meter, bar_labels, bar_w + 4 * MM)
+    ph = pw * aspect
+    fixed = 2 * PAD + sup_h + t_h + bar_h
+    H = fixed + ph
+    if given_h is not None:
+        if given_h < H:
+            ph = max(2 * MM, given_h - fixed)
+            pw = min(pw, ph / aspect)
+            ph = pw * aspect
+        H = given_h
+    x_off = max(0.0, (W - 2 * PAD - gap - 2 * pw) / 2)
+    y_off = max(0.0, (H - fixed - ph) / 2)
+    fig = _new_figure((W, H), dpi)
+    py0 = H - PAD - y_off - sup_h - t_h - ph
+    axs = [fig.add_axes(((PAD + x_off + k * (pw + gap)) / W, py0 / H, pw / W, ph / H)) for k in range(2)]
     d = np.ma.masked_invalid(result.diff)
     lim = float(np.nanmax(np.abs(result.diff))) if np.isfinite(result.diff).any() else 1.0
     lim = lim if lim > 0 else 1.0
     im0 = axs[0].imshow(d, cmap=_cmap(DIFFERENCE_CMAP), norm=TwoSlopeNorm(0.0, -lim, lim),
-                        interpolation="nearest")
-    axs[0].set_title(f"mean {result.group_b} - mean {result.group_a}", fontsize=8)
-    fig.colorbar(im0, ax=axs[0], fraction=0.046, pad=0.04)
+                        interpolation="nearest", aspect="auto")
     sig = np.asarray(result.significant, dtype=bool)
     if background is not None:
         im1 = axs[1].imshow(np.ma.masked_invalid(background), cmap=_cmap(EXPRESSION_CMAP),
-                            interpolation="nearest")
-        axs[1].set_title(f"genomap; grey: not significant (q \u2265 {result.alpha:g})", fontsize=8)
+                            interpolation="nearest", aspect="auto")
     else:
         with np.errstate(divide="ignore"):
             lq = -np.log10(result.q)
-        im1 = axs[1].imshow(np.ma.masked_invalid(lq), cmap=_cmap("magma"), interpolation="nearest")
-        axs[1].set_title(f"-log10 q; grey: not significant (q \u2265 {result.alpha:g})", fontsize=8)
-    fig.colorbar(im1, ax=axs[1], fraction=0.046, pad=0.04)
+        im1 = axs[1].imshow(np.ma.masked_invalid(lq), cmap=_cmap("magma"), interpolation="nearest",
+                            aspect="auto")
     # the boolean overlay: pixels that are not significant are greyed out
     grey = np.zeros(sig.shape + (4,), dtype=np.float32)
     grey[~sig] = (0.85, 0.85, 0.85, 0.9)
-    axs[1].imshow(grey, interpolation="nearest")
-    for ax in axs:
+    axs[1].imshow(grey, interpolation="nearest", aspect="auto")
+    for ax, t in zip(axs, titles):
         ax.set_xticks([])
         ax.set_yticks([])
-    n_sig = int(sig.sum())
-    title = title or (f"Mann-Whitney U per pixel: {n_sig} significant pixel(s) "
-                      f"(n={result.n_a} vs {result.n_b})")
-    wrapped = textwrap.wrap(title, 90)
-    fig.suptitle("\n".join(wrapped), fontsize=9)
-    fig.subplots_adjust(top=max(0.5, 1 - (0.35 + 0.17 * len(wrapped)) / size[1]), bottom=0.05)
+        ax.set_title(t, fontsize=FONT_PT, pad=2)
+    bar_y = py0 - 1.8 * MM - 2.0 * MM
+    for ax, im, lab in zip(axs, (im0, im1), bar_labels):
+        c = (ax.get_position().x0 + ax.get_position().x1) / 2 * W
+        _colorbar(fig, im, ((c - bar_w / 2) / W, bar_y / H, bar_w / W, 2.0 * MM / H), lab, bar_w + 4 * MM,
+                  meter)
+    fig.suptitle(sup, fontsize=TITLE_PT, x=0.5, y=1 - (PAD + y_off) / H, va="top")
+    fig._scmedal_fitted = True
     return fig
 
 
-def save_figure(fig: Figure, path, dpi: int = 300, transparent: bool = False) -> str:
+# ----------------------------------------------------------------------------------------------
+# saving
+# ----------------------------------------------------------------------------------------------
+def save_figure(fig: Figure, path, dpi: int = 300, transparent: bool = False,
+                tight: bool | None = None) -> str:
     """Write ``fig`` to ``path`` (.png, .svg, .pdf, .tif or .tiff), atomically.
+
+    Text stays text: SVG files keep it as ``<text>`` elements (``svg.fonttype = "none"``) and
+    PDF files embed TrueType fonts (``pdf.fonttype = 42``), so both stay editable.  ``tight``:
+    crop to the drawn content plus a small pad (``bbox_inches="tight"``); default: crop figures
+    that were not laid out here, and write the panels of :func:`comparison_figure` and
+    :func:`pixel_test_figure` -- which fill their page up to a 1 mm margin -- at exactly their
+    physical size.
 
     The figure is rendered to a temporary file in the target folder and moved into place with
     ``os.replace``, so a crash never leaves a half-written file.  Returns the path.
@@ -255,6 +474,10 @@ def save_figure(fig: Figure, path, dpi: int = 300, transparent: bool = False) ->
         raise FigureFormatError(f"The folder {folder!r} does not exist; create it or choose another path.")
     fmt = FIGURE_FORMATS[ext]
     kwargs = {"pil_kwargs": {"compression": "tiff_lzw"}} if fmt == "tiff" else {}
-    with atomic_output(path, suffix=ext) as tmp:
+    if tight is None:
+        tight = not getattr(fig, "_scmedal_fitted", False)
+    if tight:
+        kwargs.update(bbox_inches="tight", pad_inches=TIGHT_PAD)
+    with atomic_output(path, suffix=ext) as tmp, matplotlib.rc_context(SAVE_RC):
         fig.savefig(tmp, dpi=dpi, format=fmt, transparent=transparent, **kwargs)
     return path

@@ -1,7 +1,9 @@
 """Dock widget: export the genomap explorer's current comparison as a publication panel.
 
 The panel itself is drawn by :func:`napari_scmedal.figures.comparison_figure` and written by
-:func:`napari_scmedal.figures.save_figure` (PNG, SVG, PDF or TIFF) in a worker thread.
+:func:`napari_scmedal.figures.save_figure` (PNG, SVG, PDF or TIFF) in a worker thread.  Sizes are
+physical, in millimetres: by default a full-page panel 180 mm wide (narrower with few columns)
+whose height follows from the rows, laid out so that every text is at least 6 pt at that size.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ._common import notify_error, notify_info
 from ._settings import load_settings, save_settings
 
 SECTION = "export_widget"
+MM_PER_INCH = 25.4
 FORMATS = "PNG (*.png);;SVG (*.svg);;PDF (*.pdf);;TIFF (*.tif *.tiff)"
 
 
@@ -59,11 +62,19 @@ class ExportWidget(QWidget):
         self.width_spin = QDoubleSpinBox()
         self.height_spin = QDoubleSpinBox()
         for sp in (self.width_spin, self.height_spin):
-            sp.setRange(0.0, 60.0)
-            sp.setSingleStep(0.5)
-            sp.setDecimals(2)
-            sp.setSpecialValueText("auto")
-            sp.setSuffix(" in")
+            sp.setRange(0.0, 1500.0)
+            sp.setSingleStep(5.0)
+            sp.setDecimals(1)
+            sp.setSuffix(" mm")
+        from napari_scmedal.figures import DEFAULT_WIDTH_MM
+
+        self.width_spin.setSpecialValueText(f"auto ({DEFAULT_WIDTH_MM:g} mm, full page)")
+        self.height_spin.setSpecialValueText("auto (square tiles)")
+        self.width_spin.setToolTip(
+            f"Physical width of the panel. auto: {DEFAULT_WIDTH_MM:g} mm (a full page), narrower when "
+            "there are few columns. Fonts stay at least 6 pt at this size.")
+        self.height_spin.setToolTip("Physical height of the panel. auto: follows from the rows, "
+                                    "so that genomap pixels stay square.")
         self.dpi_spin = QSpinBox()
         self.dpi_spin.setRange(30, 1200)
         self.dpi_spin.setValue(300)
@@ -72,8 +83,8 @@ class ExportWidget(QWidget):
         self.genes_check.setChecked(True)
         form.addRow("versions (columns)", self.columns_list)
         form.addRow(self.refresh_btn)
-        form.addRow("width", self.width_spin)
-        form.addRow("height", self.height_spin)
+        form.addRow("width (mm)", self.width_spin)
+        form.addRow("height (mm)", self.height_spin)
         form.addRow("DPI", self.dpi_spin)
         form.addRow("title", self.title_edit)
         form.addRow(self.genes_check)
@@ -87,8 +98,11 @@ class ExportWidget(QWidget):
 
         s = load_settings(SECTION)
         for sp, key in ((self.width_spin, "width"), (self.height_spin, "height")):
-            if isinstance(s.get(key), (int, float)):
-                sp.setValue(float(s[key]))
+            value = s.get(f"{key}_mm")
+            if not isinstance(value, (int, float)) and isinstance(s.get(key), (int, float)):
+                value = float(s[key]) * MM_PER_INCH  # settings of older versions: inches
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                sp.setValue(float(value))
         if isinstance(s.get("dpi"), int):
             self.dpi_spin.setValue(s["dpi"])
         self.genes_check.setChecked(bool(s.get("gene_labels", True)))
@@ -118,6 +132,18 @@ class ExportWidget(QWidget):
         return [self.columns_list.item(i).text() for i in range(self.columns_list.count())
                 if self.columns_list.item(i).isSelected()]
 
+    def size_inches(self):
+        """The chosen physical size as ``(width, height)`` inches for the figure, or None (auto).
+
+        An auto width is the figures' default (180 mm, narrower with few columns); an auto height
+        (with a width given) follows from the rows."""
+        w, h = self.width_spin.value(), self.height_spin.value()
+        if w <= 0 and h <= 0:
+            return None
+        from napari_scmedal.figures import DEFAULT_WIDTH_MM
+
+        return ((w if w > 0 else DEFAULT_WIDTH_MM) / MM_PER_INCH, h / MM_PER_INCH if h > 0 else None)
+
     def _export_dialog(self):
         path, _ = QFileDialog.getSaveFileName(self, "Export comparison panel",
                                               str(Path(self._last_dir) / "genomap_panel.png"), FORMATS)
@@ -134,11 +160,11 @@ class ExportWidget(QWidget):
         self.refresh()
         columns = self.selected_columns() or None
         w, h = self.width_spin.value(), self.height_spin.value()
-        size = (w, h) if w > 0 and h > 0 else None
+        size = self.size_inches()
         dpi = self.dpi_spin.value()
         title = self.title_edit.text().strip() or None
         genes = self.genes_check.isChecked()
-        save_settings(SECTION, {"width": w, "height": h, "dpi": dpi, "gene_labels": genes,
+        save_settings(SECTION, {"width_mm": w, "height_mm": h, "dpi": dpi, "gene_labels": genes,
                                 "folder": str(Path(path).parent)})
         self._last_dir = str(Path(path).parent)
 
