@@ -260,3 +260,26 @@ def test_progress_counts_to_the_expected_stop_and_shows_one_eta(make_napari_view
     w._on_progress(dict(info, epoch=13, patience_left=10))  # a new best epoch pushes the end back
     assert w._pbar.total == 23
     w._close_pbar()
+
+
+def test_explorer_applies_layers_incrementally_and_workers_shorten_the_gil_interval(make_napari_viewer, qtbot,
+                                                                                     trained):
+    """Item 4: the first compute's two dozen layers are applied a few per event-loop turn (the widget stays
+    busy until the last), and while a worker runs the GIL switch interval is short, restored afterwards."""
+    import sys
+
+    from napari_scmedal._napari._common import WORKER_SWITCH_INTERVAL
+
+    viewer, cells, ex = _explorer(make_napari_viewer, trained)
+    before = sys.getswitchinterval()
+    ex.mode_combo.setCurrentText("cell indices")
+    ex.indices_edit.setText("3, 300, 900")
+    ex.compute()
+    assert sys.getswitchinterval() == pytest.approx(min(WORKER_SWITCH_INTERVAL, before))
+    qtbot.waitUntil(lambda: ex._applying is not None or ex.comparison is not None, timeout=TIMEOUT_MS)
+    turns = []
+    ex._apply_timer.timeout.connect(lambda: turns.append(1))
+    qtbot.waitUntil(lambda: not ex.busy, timeout=TIMEOUT_MS)
+    assert len(turns) >= 3  # spread over several event-loop turns, not one long block
+    assert "genomap | Original" in viewer.layers and "Updated in" in ex.status_label.text()
+    assert sys.getswitchinterval() == pytest.approx(before)

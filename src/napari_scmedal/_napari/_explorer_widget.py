@@ -46,7 +46,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._common import MODEL_KEY, cells_layers, model_layers, notify_error
+from ._common import MODEL_KEY, cells_layers, model_layers, notify_error, worker_finished, worker_started
 from ._genomap_layer import GenomapImage
 from ._layers import ADATA_KEY
 from ._settings import load_settings, save_settings
@@ -151,6 +151,10 @@ class GenomapExplorer(QWidget):
         self.last_seconds = None  # wall time of the last compute, selection to layers
         self.workers = []
         self._pending = False
+        self._applying = None  # the generator applying a comparison to the layers, a few per event-loop turn
+        self._apply_timer = QTimer(self)
+        self._apply_timer.setInterval(0)
+        self._apply_timer.timeout.connect(self._apply_some)
         self._origin = None  # world (y, x) of the top-left tile, kept across recomputes
         self._watched = set()
 
@@ -378,7 +382,8 @@ class GenomapExplorer(QWidget):
     # ------------------------------------------------------------------ computing
     @property
     def busy(self):
-        return bool(self.workers)
+        """True while a comparison is computed or its layers are still being applied."""
+        return bool(self.workers) or self._applying is not None
 
     def _on_selection_changed(self, layer):
         if (self.auto_check.isChecked() and self.mode_combo.currentText() == MODES[2]
@@ -430,12 +435,17 @@ class GenomapExplorer(QWidget):
                                  scale=scale)
 
         def _show(comp):
-            self.show_comparison(comp)
-            self.last_seconds = time.perf_counter() - t0
-            self.status_label.setText(self.status_label.text() + f" Updated in {self.last_seconds:.2f} s.")
+            def _done():
+                self.last_seconds = time.perf_counter() - t0
+                self.status_label.setText(self.status_label.text() + f" Updated in {self.last_seconds:.2f} s.")
+                if self._pending:
+                    self._pending = False
+                    self.compute()
+
+            self.show_comparison(comp, incremental=True, on_done=_done)
 
         def _then():
-            if self._pending:
+            if self._pending and self._applying is None:
                 self._pending = False
                 self.compute()
 
@@ -452,6 +462,7 @@ class GenomapExplorer(QWidget):
             notify_error(exc, self)
 
         def _finish():
+            worker_finished()
             if worker in pool:
                 pool.remove(worker)
             button.setEnabled(True)
@@ -462,6 +473,7 @@ class GenomapExplorer(QWidget):
         worker.errored.connect(_err)
         worker.finished.connect(_finish)
         button.setEnabled(False)
+        worker_started()
         worker.start()
         return worker
 
@@ -577,8 +589,49 @@ class GenomapExplorer(QWidget):
         """World (y, x) of the top-left pixel of image ``name``'s tile."""
         return tuple(self.layers[name].translate[-2:])
 
-    def show_comparison(self, comp):
-        """Turn a Comparison into (re)named layers; existing layers of this widget are updated, not duplicated."""
+    #: Time spent applying layer changes per event-loop turn (the window repaints and reacts in between).
+    APPLY_BUDGET_S = 0.04
+
+    def show_comparison(self, comp, incremental: bool = False, on_done=None):
+        """Turn a Comparison into (re)named layers; existing layers of this widget are updated, not duplicated.
+        ``incremental=True`` applies the changes a few layers per event-loop turn (``APPLY_BUDGET_S``), so the
+        window never freezes while two dozen layers are created; ``busy`` stays true until the last one."""
+        steps = self._comparison_steps(comp)
+        if not incremental:
+            for _ in steps:
+                pass
+            if on_done is not None:
+                on_done()
+            return
+        if self._applying is not None:  # a newer comparison replaces one still being applied
+            self._applying[0].close()
+        self._applying = (steps, on_done)
+        self._apply_some()
+        if self._applying is not None:
+            self._apply_timer.start()
+
+    def _apply_some(self):
+        if self._applying is None:
+            self._apply_timer.stop()
+            return
+        steps, on_done = self._applying
+        t0 = time.perf_counter()
+        try:
+            while time.perf_counter() - t0 < self.APPLY_BUDGET_S:
+                next(steps)
+        except StopIteration:
+            self._applying = None
+            self._apply_timer.stop()
+            if on_done is not None:
+                on_done()
+        except Exception as exc:  # a layer update failed: say so, never leave "Computing..." behind
+            self._applying = None
+            self._apply_timer.stop()
+            self.status_label.setText(f"Failed: {exc}")
+            notify_error(exc, self)
+
+    def _comparison_steps(self, comp):
+        """Generator of the layer changes that show ``comp`` (one layer per step)."""
         self.comparison = comp
         self.hover_label.setText("Hover a genomap pixel to see its gene and values.")
         R, C = comp.shape
@@ -620,12 +673,14 @@ class GenomapExplorer(QWidget):
                                                         translate=translate, interpolation2d="nearest",
                                                         metadata=meta))
             self.layers[name] = ly
+            yield
         for ly in list(self.viewer.layers):
             if ly.metadata.get(GENOMAP_KEY) and ly.name not in wanted and ly.name not in (
                     TITLES_LAYER, ROWS_LAYER, OWN_LAYER, TOP_LAYER):
                 self.viewer.layers.remove(ly)
         self.layers = {k: v for k, v in self.layers.items() if v in self.viewer.layers}
-        self._add_annotations(comp, pos, band_h, y0, x0)
+        yield
+        yield from self._add_annotations(comp, pos, band_h, y0, x0)
         self._fill_top_list(comp)
         if first:
             self.focus()
@@ -680,6 +735,7 @@ class GenomapExplorer(QWidget):
             self.viewer.layers[name].visible = False
 
     def _add_annotations(self, comp, pos, band_h, y0, x0):
+        """Generator: titles, row titles, own-batch frames, top-gene marks (one layer per step)."""
         R, C = comp.shape
         # titles above the tiles of band 1 (and FE - Original); band labels and row titles on the left
         pts, texts = [], []
@@ -696,6 +752,7 @@ class GenomapExplorer(QWidget):
             size=0.01, face_color="transparent", border_width=0, features={"title": texts},
             text={"string": "{title}", "size": 7, "color": "white", "anchor": "center"},
         )
+        yield
         pts, texts = [], []
         for r in range(comp.n_rows):
             pts.append((y0 + r * (R + ROW_GAP) + R / 2, x0 - 3))
@@ -713,6 +770,7 @@ class GenomapExplorer(QWidget):
             size=0.01, face_color="transparent", border_width=0, features={"title": texts},
             text={"string": "{title}", "size": 7, "color": "white", "anchor": "lower_right"},
         )
+        yield
         # frame around each row's own-batch counterfactual
         rects = []
         for r in range(comp.n_rows):
@@ -726,8 +784,10 @@ class GenomapExplorer(QWidget):
         if rects:
             self._replace_layer(OWN_LAYER, self.viewer.add_shapes, rects, shape_type="rectangle",
                                 edge_color="yellow", face_color="transparent", edge_width=1.5)
+            yield
         else:
             self._hide_layer(OWN_LAYER)
+            yield
         # top varying genes: marked on every expression tile of their row, labelled on the Original tile
         tg = comp.top_genes
         if tg is not None and len(tg):
@@ -747,8 +807,10 @@ class GenomapExplorer(QWidget):
                 text={"string": "{gene}", "size": 6, "color": "white", "anchor": "upper_left",
                       "translation": [-1.5, 1.5]},
             )
+            yield
         else:
             self._hide_layer(TOP_LAYER)
+            yield
 
     def _fill_top_list(self, comp):
         self.top_list.clear()

@@ -30,7 +30,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._common import MODEL_KEY, Bridge, cells_layers, notify_error, notify_info, obs_columns
+from ._common import (MODEL_KEY, Bridge, cells_layers, notify_error, notify_info, obs_columns, worker_finished,
+                      worker_started)
 from ._health_view import TrainingReport
 from ._layers import ADATA_KEY, cells_layer_data, pca_2d
 from ._loss_canvas import LossCanvas
@@ -400,6 +401,7 @@ class ModelWidget(QWidget):
         self.workers.append(worker)
 
         def _finish():
+            worker_finished()
             if worker in self.workers:
                 self.workers.remove(worker)
             if training:
@@ -421,6 +423,7 @@ class ModelWidget(QWidget):
         self.load_btn.setEnabled(False)
         if training:
             self.cancel_btn.setEnabled(True)
+        worker_started()
         worker.start()
         return worker
 
