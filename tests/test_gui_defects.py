@@ -283,3 +283,22 @@ def test_explorer_applies_layers_incrementally_and_workers_shorten_the_gil_inter
     assert len(turns) >= 3  # spread over several event-loop turns, not one long block
     assert "genomap | Original" in viewer.layers and "Updated in" in ex.status_label.text()
     assert sys.getswitchinterval() == pytest.approx(before)
+
+
+def test_all_three_docks_fit_a_1080p_screen(make_napari_viewer, qtbot):
+    """Layout: with the model, explorer and export widgets docked, the docks need far less than a 1080-px
+    screen (they scroll); the explorer's hover readout has a fixed height and never squashes the form."""
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample(PLUGIN, "cellbench")
+    docks = [viewer.window.add_plugin_dock_widget(PLUGIN, name)
+             for name in ("scMEDAL model", "Genomap explorer", "Export figure")]
+    qtbot.wait(50)
+    need = sum(dw.minimumSizeHint().height() for dw, _ in docks)
+    assert need < 1080 - 200, need  # was 2,017 px (model + explorer alone 1,576 px)
+    for _, w in docks:
+        assert w.scroll_area.widget().sizeHint().height() > w.minimumSizeHint().height()  # the form scrolls
+    ex = docks[1][1]
+    h = ex.hover_label.height()
+    ex.hover_label.setText("\n".join(["GENE at pixel (1, 2), row\nexpression: " + "x " * 80] * 5))
+    qtbot.wait(20)
+    assert ex.hover_label.height() == h

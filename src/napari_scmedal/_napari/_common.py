@@ -86,3 +86,22 @@ def worker_finished() -> None:
     if _switch["active"] == 0 and _switch["saved"] is not None:
         sys.setswitchinterval(_switch["saved"])
         _switch["saved"] = None
+
+
+def scroll_root(widget):
+    """The widget's content layout inside a vertical scroll area, so a dock asks napari for little height
+    (all three docks fit a 1920 x 1080 screen) and scrolls when it is short of room."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
+
+    outer = QVBoxLayout(widget)
+    outer.setContentsMargins(0, 0, 0, 0)
+    area = QScrollArea(widget)
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    content = QWidget()
+    area.setWidget(content)
+    outer.addWidget(area)
+    widget.scroll_area = area
+    return QVBoxLayout(content)

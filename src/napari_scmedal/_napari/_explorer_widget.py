@@ -46,7 +46,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._common import MODEL_KEY, cells_layers, model_layers, notify_error, worker_finished, worker_started
+from ._common import MODEL_KEY, cells_layers, model_layers, notify_error, worker_finished, worker_started, scroll_root
 from ._genomap_layer import GenomapImage
 from ._layers import ADATA_KEY
 from ._settings import load_settings, save_settings
@@ -158,7 +158,7 @@ class GenomapExplorer(QWidget):
         self._origin = None  # world (y, x) of the top-left tile, kept across recomputes
         self._watched = set()
 
-        root = QVBoxLayout(self)
+        root = scroll_root(self)
         form = QFormLayout()
         self.model_combo = QComboBox()
         self.cells_combo = QComboBox()
@@ -203,6 +203,8 @@ class GenomapExplorer(QWidget):
         self.hover_label = QLabel("Hover a genomap pixel to see its gene and values.")
         self.hover_label.setWordWrap(True)
         self.hover_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.hover_label.setFixedHeight(4 * self.hover_label.fontMetrics().lineSpacing() + 6)  # never squashes the form
+        self.hover_label.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
         root.addWidget(self.hover_label)
         root.addWidget(QLabel("Genes varying most across the target batches:"))
         self.top_list = QListWidget()

@@ -26,7 +26,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._common import notify_error, notify_info
+from ._common import notify_error, notify_info, scroll_root
 from ._settings import load_settings, save_settings
 
 SECTION = "export_widget"
@@ -53,7 +53,7 @@ class ExportWidget(QWidget):
         self.last_info = None
         self.last_path = None
         self.workers = []
-        root = QVBoxLayout(self)
+        root = scroll_root(self)
         form = QFormLayout()
         self.columns_list = QListWidget()
         self.columns_list.setSelectionMode(QAbstractItemView.SelectionMode.MultiSelection)

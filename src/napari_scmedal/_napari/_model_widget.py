@@ -31,7 +31,7 @@ from qtpy.QtWidgets import (
 )
 
 from ._common import (MODEL_KEY, Bridge, cells_layers, notify_error, notify_info, obs_columns, worker_finished,
-                      worker_started)
+                      worker_started, scroll_root)
 from ._health_view import TrainingReport
 from ._layers import ADATA_KEY, cells_layer_data, pca_2d
 from ._loss_canvas import LossCanvas
@@ -101,7 +101,7 @@ class ModelWidget(QWidget):
         self._bridge = Bridge()
         self._bridge.message.connect(self._on_progress)
 
-        root = QVBoxLayout(self)
+        root = scroll_root(self)
         form = QFormLayout()
         self.layer_combo = QComboBox()
         self.batch_combo = QComboBox()
