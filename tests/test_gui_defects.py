@@ -163,7 +163,7 @@ def test_the_writer_claims_only_genomaps_and_takes_the_explorers_mixed_layers(ma
     ex.indices_edit.setText("3, 9")
     ex.compute()
     qtbot.waitUntil(lambda: not ex.busy and ex.comparison is not None, timeout=TIMEOUT_MS)
-    mine = [ly for ly in viewer.layers if ly.name.startswith("genomap | ")]
+    mine = [ly for ly in viewer.layers if ly.metadata.get("scmedal_genomap")]
     assert {ly._type_string for ly in mine} >= {"image", "points", "shapes"}
     viewer.layers.selection = set(mine)
     path = tmp_path / "comparison.genomap.tif"
@@ -197,7 +197,7 @@ def test_status_bar_names_the_gene_under_the_cursor(make_napari_viewer, qtbot, t
     ex.compute()
     qtbot.waitUntil(lambda: not ex.busy and ex.comparison is not None, timeout=TIMEOUT_MS)
     comp = ex.comparison
-    tile = viewer.layers["genomap | Original"]
+    tile = viewer.layers["Original | genomap"]
     gene = comp.layout.genes[5]
     r, c = comp.layout.pixel_of(gene)
     R = comp.shape[0]
@@ -281,7 +281,7 @@ def test_explorer_applies_layers_incrementally_and_workers_shorten_the_gil_inter
     ex._apply_timer.timeout.connect(lambda: turns.append(1))
     qtbot.waitUntil(lambda: not ex.busy, timeout=TIMEOUT_MS)
     assert len(turns) >= 3  # spread over several event-loop turns, not one long block
-    assert "genomap | Original" in viewer.layers and "Updated in" in ex.status_label.text()
+    assert "Original | genomap" in viewer.layers and "Updated in" in ex.status_label.text()
     assert sys.getswitchinterval() == pytest.approx(before)
 
 

@@ -304,16 +304,19 @@ def test_explorer_layers_shapes_colormaps_limits(make_napari_viewer, qtbot, trai
     assert set(comp.row_labels) == {"H1975"}
     from napari.layers import Image
 
-    names = [ly.name for ly in viewer.layers if ly.name.startswith("genomap | ") and isinstance(ly, Image)]
+    from napari_scmedal._napari._explorer_widget import tile_layer_name
+
+    names = [ly.name for ly in viewer.layers if ly.name.endswith(" | genomap") and isinstance(ly, Image)]
     expected = ["Original", "FE reconstruction", "RE reconstruction"] + [counterfactual_name(b) for b in model.batches]
     expected += ["FE - Original"] + [f"Counterfactual -> {b} - Original" for b in model.batches]
     expected += [f"Counterfactual -> {b} - Counterfactual -> own batch" for b in model.batches]
-    assert sorted(names) == sorted("genomap | " + n for n in expected)
+    assert sorted(names) == sorted(tile_layer_name(n) for n in expected)
+    assert len({n[:20] for n in names}) == len(names)  # names differ within napari's visible 20 characters
     lo, hi = comp.expression_limits
     d = comp.difference_limits[1]
     assert d > 0
     for n in expected:
-        ly = viewer.layers["genomap | " + n]
+        ly = viewer.layers[tile_layer_name(n)]
         assert ly.data.shape == (2 * 16 + 2, 16)  # two rows of 16 x 16 with a 2-pixel NaN gap
         assert np.isnan(ly.data[16:18]).all()
         np.testing.assert_array_equal(ly.data[18:], comp.images[n][1])
@@ -326,7 +329,7 @@ def test_explorer_layers_shapes_colormaps_limits(make_napari_viewer, qtbot, trai
     # tiles do not overlap
     boxes = []
     for n in expected:
-        ly = viewer.layers["genomap | " + n]
+        ly = viewer.layers[tile_layer_name(n)]
         (y0, x0), (y1, x1) = ly.extent.world[0][-2:], ly.extent.world[1][-2:]
         boxes.append((y0, x0, y1, x1))
     for i, a in enumerate(boxes):
@@ -336,7 +339,7 @@ def test_explorer_layers_shapes_colormaps_limits(make_napari_viewer, qtbot, trai
     own = viewer.layers["genomap | own batch"]
     assert len(own.data) == 2
     for r in range(2):
-        tile = viewer.layers["genomap | " + counterfactual_name(comp.row_batches[r])]
+        tile = viewer.layers[tile_layer_name(counterfactual_name(comp.row_batches[r]))]
         ty, tx = tile.translate[-2:]
         rect = own.data[r]
         assert rect[:, 1].min() == pytest.approx(tx - 0.5)
@@ -352,7 +355,7 @@ def test_explorer_layers_shapes_colormaps_limits(make_napari_viewer, qtbot, trai
     ex.scale_combo.setCurrentText("zscore")
     _compute(ex, qtbot)
     assert len(viewer.layers) == n_layers
-    assert viewer.layers["genomap | Original"].data.shape == (16, 16)
+    assert viewer.layers["Original | genomap"].data.shape == (16, 16)
     assert ex.comparison.scale == "zscore"
     assert len(viewer.layers["genomap | own batch"].data) == 1
 
@@ -361,9 +364,8 @@ def test_explorer_layers_shapes_colormaps_limits(make_napari_viewer, qtbot, trai
         it = ex.targets_list.item(i)
         it.setSelected(i < 2)
     _compute(ex, qtbot)
-    cf = [ly.name for ly in viewer.layers if ly.name.startswith("genomap | Counterfactual -> ")
-          and ly.name.count("Counterfactual") == 1 and not ly.name.endswith("Original")]
-    assert sorted(cf) == sorted("genomap | " + counterfactual_name(b) for b in model.batches[:2])
+    cf = [ly.name for ly in viewer.layers if ly.name.startswith("CF ") and ly.name.endswith(" | genomap")]
+    assert sorted(cf) == sorted(tile_layer_name(counterfactual_name(b)) for b in model.batches[:2])
 
 
 def test_hover_names_the_gene_and_every_value(make_napari_viewer, qtbot, trained):
@@ -405,7 +407,7 @@ def test_selection_in_a_cells_layer_updates_the_comparison(make_napari_viewer, q
     assert ex.comparison.meta["cells"] == [3, 7]
     cells.selected_data = {42}
     qtbot.waitUntil(lambda: ex.comparison.meta["cells"] == [42] and not ex.busy, timeout=TIMEOUT_MS)
-    assert viewer.layers["genomap | Original"].data.shape == (16, 16)
+    assert viewer.layers["Original | genomap"].data.shape == (16, 16)
     # averaging a selected group gives one row
     ex.average_check.setChecked(True)
     cells.selected_data = {1, 2, 3, 4}
@@ -465,7 +467,7 @@ def test_open_viewer_shows_model_latents_and_comparison(qtbot, trained):
     viewer = open_viewer(adata, model, comp, block=False, show=False)
     try:
         assert viewer.layers["cells"].metadata["scmedal_model"] is model
-        assert viewer.layers["genomap | Original"].data.shape == (34, 16)
+        assert viewer.layers["Original | genomap"].data.shape == (34, 16)
         qtbot.waitUntil(lambda: "cells | RE latent" in viewer.layers, timeout=TIMEOUT_MS)
     finally:
         from superqt.utils import WorkerBase
@@ -486,7 +488,7 @@ def test_save_genomap_layers_through_napari_writer(make_napari_viewer, qtbot, tr
     ex.indices_edit.setText("3, 9")
     _compute(ex, qtbot)
     comp = ex.comparison
-    chosen = [viewer.layers["genomap | Original"], viewer.layers["genomap | FE - Original"]]
+    chosen = [viewer.layers["Original | genomap"], viewer.layers["dOrig FE | genomap"]]
     viewer.layers.selection = set(chosen)
     path = tmp_path / "maps.genomap.npy"
     viewer.layers.save(str(path), selected=True, plugin=PLUGIN)
@@ -494,7 +496,7 @@ def test_save_genomap_layers_through_napari_writer(make_napari_viewer, qtbot, tr
     assert stack.shape == (2, 34, 16)
     np.testing.assert_array_equal(stack[1][18:], comp.images["FE - Original"][1])
     side = json.loads(sidecar_path(path).read_text())
-    assert [ly["name"] for ly in side["layers"]] == ["genomap | Original", "genomap | FE - Original"]
+    assert [ly["name"] for ly in side["layers"]] == ["Original | genomap", "dOrig FE | genomap"]
     assert [ly["kind"] for ly in side["layers"]] == ["expression", "difference"]
     layout = GenomapLayout.from_dict(side["layout"])
     gene = comp.layout.genes[11]
@@ -563,4 +565,4 @@ def test_all_cells_stack_is_one_lazy_image_layer_with_a_cell_slider(make_napari_
     ex.mode_combo.setCurrentText("cell indices")
     ex.indices_edit.setText("0")
     _compute(ex, qtbot)
-    assert ly in viewer.layers and "genomap | Original" in viewer.layers
+    assert ly in viewer.layers and "Original | genomap" in viewer.layers

@@ -138,6 +138,34 @@ def short_title(name, comp):
         " - \u2192 own batch", " - own")
 
 
+#: Tile layers are named "<compact version> | genomap" so that names differ within their first 20 characters
+#: (napari's layer list shows about that many): batch names longer than BATCH_CHARS keep their head and tail.
+LAYER_SUFFIX = " | genomap"
+BATCH_CHARS = 11
+
+
+def _abbrev(batch: str) -> str:
+    b = str(batch)
+    return b if len(b) <= BATCH_CHARS else b[:3] + "\u2026" + b[-(BATCH_CHARS - 4):]
+
+
+def tile_layer_name(name: str) -> str:
+    """The napari layer name of the comparison image ``name``: ``Original | genomap``, ``CF <batch> | genomap``,
+    ``dOrig CF <batch> | genomap`` (counterfactual minus original), ``dOwn CF <batch> | genomap``, ..."""
+    from napari_scmedal.compare import FE_MINUS_ORIGINAL, FE_RECON, ORIGINAL, RE_RECON
+
+    fixed = {ORIGINAL: "Original", FE_RECON: "FE recon.", RE_RECON: "RE recon.", FE_MINUS_ORIGINAL: "dOrig FE"}
+    if name in fixed:
+        return fixed[name] + LAYER_SUFFIX
+    cf = "Counterfactual -> "
+    for tail, tag in ((" - Original", "dOrig "), (" - " + cf + "own batch", "dOwn ")):
+        if name.startswith(cf) and name.endswith(tail):
+            return f"{tag}CF {_abbrev(name[len(cf):-len(tail)])}{LAYER_SUFFIX}"
+    if name.startswith(cf):
+        return f"CF {_abbrev(name[len(cf):])}{LAYER_SUFFIX}"
+    return name + LAYER_SUFFIX
+
+
 class GenomapExplorer(QWidget):
     """Pick cells and target batches; show their genomaps in every version, with differences."""
 
@@ -654,7 +682,7 @@ class GenomapExplorer(QWidget):
             meta = {GENOMAP_KEY: True, "kind": kind, "image": name, "layout": layout, "tile_shape": (R, C),
                     "gap": ROW_GAP, "row_labels": list(comp.row_titles), "comparison": comp,
                     "colormap_name": cmap, "units": comp.units}
-            lname = PREFIX + name
+            lname = tile_layer_name(name)
             wanted.add(lname)
             if lname in self.viewer.layers and isinstance(self.viewer.layers[lname], Image):
                 ly = self.viewer.layers[lname]
