@@ -302,3 +302,55 @@ def test_all_three_docks_fit_a_1080p_screen(make_napari_viewer, qtbot):
     ex.hover_label.setText("\n".join(["GENE at pixel (1, 2), row\nexpression: " + "x " * 80] * 5))
     qtbot.wait(20)
     assert ex.hover_label.height() == h
+
+
+def test_latent_clouds_have_titles_a_legend_and_colour_blind_safe_distinct_palettes(make_napari_viewer, qtbot,
+                                                                                  trained):
+    """Canvases: each latent cloud is titled, a legend names every colour, batch colours (Okabe-Ito) differ from
+    cell-line colours (Tol muted); recolouring updates the legend."""
+    from napari_scmedal._napari._layers import OKABE_ITO, TOL_MUTED
+
+    model, _ = trained
+    viewer = make_napari_viewer()
+    (cells,) = viewer.open_sample(PLUGIN, "cellbench")
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "scMEDAL model")
+    w.metrics_check.setChecked(False)
+    w.set_model(model, "CellBench sample")
+    qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT_MS)
+    legend = viewer.layers["CellBench sample | latent legend"]
+    labels = list(legend.features["label"])
+    assert labels[0] == "colour: batch" and {f"  {b}" for b in model.batches} <= set(labels)
+    assert {"FE latent (PCA)", "FEC latent (PCA)", "RE latent (PCA)"} <= set(labels)
+    fe = viewer.layers["CellBench sample | FE latent"]
+    to_hex = lambda c: "#%02X%02X%02X" % tuple(int(round(v * 255)) for v in c[:3])  # noqa: E731
+    batch_cols = {to_hex(c) for c in fe.face_color}
+    assert batch_cols <= set(OKABE_ITO)
+    w.color_combo.setCurrentText("label")
+    qtbot.wait(50)
+    label_cols = {to_hex(c) for c in fe.face_color}
+    assert label_cols <= set(TOL_MUTED) and not label_cols & batch_cols
+    legend = viewer.layers["CellBench sample | latent legend"]
+    assert list(legend.features["label"])[0] == "colour: cell_line"
+
+
+def test_top_gene_names_are_one_per_tile_quadrant_and_listed_in_full(make_napari_viewer, qtbot, trained):
+    """Canvases: top-gene names never pile up: at most one per quadrant of each row's Original tile; every top
+    gene is still marked on the tiles and listed in the widget."""
+    viewer, cells, ex = _explorer(make_napari_viewer, trained)
+    ex.mode_combo.setCurrentText("cell indices")
+    ex.indices_edit.setText("3, 300")
+    ex.compute()
+    qtbot.waitUntil(lambda: not ex.busy and ex.comparison is not None, timeout=TIMEOUT_MS)
+    comp = ex.comparison
+    tg = comp.top_genes
+    R, C = comp.shape
+    top = viewer.layers["genomap | top genes"]
+    names = [g for g in top.features["gene"] if g]
+    assert 0 < len(names) <= 4 * comp.n_rows < len(tg)
+    from napari_scmedal._napari._explorer_widget import label_quadrants
+
+    named = label_quadrants(tg, (R, C))
+    assert sorted(names) == sorted(str(tg.iloc[i]["gene"]) for i in named)
+    regions = [(int(tg.iloc[i]["row"]), tg.iloc[i]["row_px"] >= R / 2, tg.iloc[i]["col_px"] >= C / 2) for i in named]
+    assert len(regions) == len(set(regions))  # one name per quadrant of each row's tile
+    assert ex.top_list.count() == len(comp.top_genes_overall)

@@ -129,7 +129,12 @@ def test_train_in_worker_adds_latent_layers_and_metrics(make_napari_viewer, qtbo
     rows = {(w.metrics_table.item(i, 0).text(), w.metrics_table.item(i, 1).text()): i
             for i in range(w.metrics_table.rowCount())}
     i = rows[("RE", "batch")]
-    assert float(w.metrics_table.item(i, 4).text()) == pytest.approx(ref["latents"]["re"]["batch"]["asw"], abs=1e-3)
+    assert float(w.metrics_table.item(i, 5).text()) == pytest.approx(ref["latents"]["re"]["batch"]["asw"], abs=1e-3)
+    # the table says which direction is better for each row
+    assert w.metrics_table.horizontalHeaderItem(2).text() == "better"
+    assert w.metrics_table.item(i, 2).text() == "higher (batch captured)"
+    j = rows[("FE", "batch")]
+    assert w.metrics_table.item(j, 2).text() == "lower (batch removed)"
     # colouring the latents by label switches their face colours to the cell line
     w.color_combo.setCurrentText("label")
     layer = viewer.layers["CellBench sample | FE latent"]

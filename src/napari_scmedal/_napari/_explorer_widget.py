@@ -166,6 +166,22 @@ def tile_layer_name(name: str) -> str:
     return name + LAYER_SUFFIX
 
 
+def label_quadrants(top_genes, shape) -> set:
+    """Positions (0-based, in table order) of the top genes named on the canvas: per row of the comparison,
+    the best-ranked gene in each quadrant of the tile, so at most four names per tile, one per region."""
+    R, C = shape
+    taken, named = set(), set()
+    ranked = sorted(range(len(top_genes)), key=lambda i: (int(top_genes.iloc[i]["row"]),
+                                                            int(top_genes.iloc[i]["rank"])))
+    for i in ranked:
+        t = top_genes.iloc[i]
+        q = (int(t["row"]), float(t["row_px"]) >= R / 2, float(t["col_px"]) >= C / 2)
+        if q not in taken:
+            taken.add(q)
+            named.add(i)
+    return named
+
+
 class GenomapExplorer(QWidget):
     """Pick cells and target batches; show their genomaps in every version, with differences."""
 
@@ -818,18 +834,21 @@ class GenomapExplorer(QWidget):
         else:
             self._hide_layer(OWN_LAYER)
             yield
-        # top varying genes: marked on every expression tile of their row, labelled on the Original tile
+        # top varying genes: marked on every expression tile of their row; on the Original tile at most one
+        # name per quadrant of the tile (the best-ranked gene there), so names never pile up at fit-to-view
+        # zoom; the full ranked list is in the widget
         tg = comp.top_genes
         if tg is not None and len(tg):
             pts, labels = [], []
             exp_names = [nm for nm in comp.names if comp.kinds[nm] == "expression"]
-            for _, t in tg.iterrows():
+            named = label_quadrants(tg, (R, C))
+            for i, (_, t) in enumerate(tg.iterrows()):
                 r = int(t["row"])
                 for nm in exp_names:
                     band, col = pos[nm]
                     pts.append((y0 + band * (band_h + BAND_GAP) + r * (R + ROW_GAP) + float(t["row_px"]),
                                 x0 + col * (C + TILE_GAP) + float(t["col_px"])))
-                    labels.append(str(t["gene"]) if col == 0 else "")
+                    labels.append(str(t["gene"]) if col == 0 and i in named else "")
             self._replace_layer(
                 TOP_LAYER, self.viewer.add_points, np.array(pts, dtype=float), size=2.2,
                 face_color="transparent", border_color="white", border_width=0.15,

@@ -156,7 +156,12 @@ def display_scale(data):
     return (s, s)
 
 
-def cells_layer_data(adata, name, coords=None, color_by=None, source=None, extra_metadata=None):
+def is_batch_key(key, obs) -> bool:
+    """Whether ``key`` names a batch-like column (batch, sample, donor, ...): it gets the batch palette."""
+    return str(key).lower() in ("batch", "sample", "donor", "protocol", "plate", "run", "library")
+
+
+def cells_layer_data(adata, name, coords=None, color_by=None, source=None, extra_metadata=None, batch_key=None):
     """A napari layer-data tuple ``(data, kwargs, "points")`` for a cells layer of ``adata``."""
     if coords is None:
         coords, source = embedding_2d(adata)
@@ -177,19 +182,63 @@ def cells_layer_data(adata, name, coords=None, color_by=None, source=None, extra
     }
     if color_by is not None:
         kwargs["face_color"] = color_by
-        kwargs["face_color_cycle"] = categorical_palette(features[color_by].nunique())
+        kind = "batch" if (color_by == batch_key or is_batch_key(color_by, adata.obs)) else "label"
+        kwargs["face_color_cycle"] = categorical_palette(features[color_by].nunique(), kind)
     return (data, kwargs, "points")
 
 
-def categorical_palette(n):
-    """``n`` distinct RGBA colours (matplotlib tab10 / tab20, then a sampled turbo colormap)."""
+#: Okabe & Ito's colour-blind-safe palette (black left out): batches.
+OKABE_ITO = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#999999"]
+#: Paul Tol's colour-blind-safe "muted" palette: cell types and other keys, so they never share batch colours.
+TOL_MUTED = ["#332288", "#88CCEE", "#44AA99", "#117733", "#999933", "#DDCC77", "#CC6677", "#882255", "#AA4499"]
+
+
+def categorical_palette(n, kind: str = "label"):
+    """``n`` distinct RGBA colours, colour-blind safe up to 8 batches / 9 labels: Okabe-Ito for batches
+    (``kind="batch"``), Paul Tol's muted set for labels, so batch and cell-type colours differ; past that
+    tab20, then a sampled turbo colormap."""
     from matplotlib import colormaps
+    from matplotlib.colors import to_rgb
 
     n = max(int(n), 1)
-    if n <= 10:
-        cols = colormaps["tab10"].colors[:n]
+    base = OKABE_ITO if kind == "batch" else TOL_MUTED
+    if n <= len(base):
+        cols = [to_rgb(c) for c in base[:n]]
     elif n <= 20:
         cols = colormaps["tab20"].colors[:n]
     else:
         cols = colormaps["turbo"](np.linspace(0.05, 0.95, n))[:, :3]
     return [tuple(float(v) for v in c[:3]) + (1.0,) for c in cols]
+
+def legend_layer_data(layers, key, name, titles=None):
+    """A points layer-data tuple that explains colour-coded point clouds: a title above each cloud (``titles``,
+    one per layer) and, right of the last cloud, one coloured marker and name per category of ``key`` (the
+    colours are read from the first layer, so the legend always matches what is drawn)."""
+    first = layers[0]
+    cats = first.features[key].astype(str).to_numpy()
+    colors, names = [], []
+    for c in dict.fromkeys(cats):  # categories in order of appearance
+        i = int(np.flatnonzero(cats == c)[0])
+        names.append(c)
+        colors.append(tuple(float(v) for v in first.face_color[i]))
+    pts, texts, faces = [], [], []
+    (y0, _), (y1, x1) = (np.asarray(v)[-2:] for v in layers[-1].extent.world)
+    step = (y1 - y0) / max(len(names) + 2, 12)
+    for k, (nm, col) in enumerate(zip(names, colors)):
+        pts.append((y0 + (k + 1) * step, x1 + 0.04 * (x1 - y0 if x1 > y0 else 1.0)))
+        texts.append(f"  {nm}")
+        faces.append(col)
+    pts.insert(0, (y0, pts[0][1] if pts else x1))
+    texts.insert(0, f"colour: {key}")
+    faces.insert(0, (0.0, 0.0, 0.0, 0.0))
+    for ly, title in zip(layers, titles or []):
+        (a0, b0), (a1, b1) = (np.asarray(v)[-2:] for v in ly.extent.world)
+        pts.append((a0 - 0.05 * (a1 - a0), (b0 + b1) / 2))
+        texts.append(title)
+        faces.append((0.0, 0.0, 0.0, 0.0))
+    size = max(step * 0.6, 1e-3)
+    kwargs = {"name": name, "features": {"label": texts}, "face_color": np.asarray(faces), "border_width": 0,
+              "size": size, "text": {"string": "{label}", "size": 9, "color": "white", "anchor": "upper_left",
+                                     "translation": [-size * 0.6, size * 0.8]},
+              "metadata": {"scmedal_legend": True}}
+    return (np.asarray(pts, dtype=float), kwargs, "points")

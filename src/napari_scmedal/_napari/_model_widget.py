@@ -33,7 +33,7 @@ from qtpy.QtWidgets import (
 from ._common import (MODEL_KEY, Bridge, cells_layers, notify_error, notify_info, obs_columns, worker_finished,
                       worker_started, scroll_root)
 from ._health_view import TrainingReport
-from ._layers import ADATA_KEY, cells_layer_data, pca_2d
+from ._layers import ADATA_KEY, cells_layer_data, legend_layer_data, pca_2d
 from ._loss_canvas import LossCanvas
 from ._settings import load_settings, save_settings
 
@@ -542,7 +542,8 @@ class ModelWidget(QWidget):
         if model is None:
             return
         for ly in list(self.viewer.layers):
-            if ly.metadata.get(MODEL_KEY) is model and ly.metadata.get("latent") is not None:
+            if ly.metadata.get(MODEL_KEY) is model and (ly.metadata.get("latent") is not None
+                                                        or ly.metadata.get("scmedal_legend")):
                 self.viewer.layers.remove(ly)
         self.latent_layers = [ly for ly in getattr(self, "latent_layers", []) if ly in self.viewer.layers]
 
@@ -555,6 +556,7 @@ class ModelWidget(QWidget):
             data, kwargs, _ = cells_layer_data(
                 adata, name=name, coords=Y, color_by=color, source=f"PCA of the {kind.upper()} latent",
                 extra_metadata={"latent": kind, "latent_values": Z, MODEL_KEY: model},
+                batch_key=model.recipe.batch_key,
             )
             if name in self.viewer.layers:
                 self.viewer.layers.remove(name)
@@ -566,14 +568,35 @@ class ModelWidget(QWidget):
             (y0, x0), (y1, x1) = ly.extent.world
             ly.translate = (layer.extent.world[0][0] - y0, x + 0.1 * (x1 - x0) - x0)
             x = ly.extent.world[1][1]
+        self._show_legend(layer, model)
+
+    def _show_legend(self, layer, model):
+        """Titles over the latent clouds and a colour legend beside them (one points layer)."""
+        lats = [ly for ly in getattr(self, "latent_layers", []) if ly in self.viewer.layers]
+        key = self._color_key(model)
+        name = f"{layer.name} | latent legend"
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(name)
+        if not lats or key not in lats[0].features.columns:
+            return
+        titles = [f"{LATENT_NAMES[ly.metadata['latent']]} (PCA)" for ly in lats]
+        data, kwargs, _ = legend_layer_data(lats, key, name, titles)
+        kwargs["metadata"][MODEL_KEY] = model
+        self.viewer.add_points(data, **kwargs)
 
     def _recolor_latents(self, *_):
         if self.model is None:
             return
+        from ._layers import categorical_palette, is_batch_key
+
         key = self._color_key(self.model)
         for ly in getattr(self, "latent_layers", []):
             if ly in self.viewer.layers and key in ly.features.columns:
+                kind = "batch" if key == self.model.recipe.batch_key or is_batch_key(key, None) else "label"
+                ly.face_color_cycle = categorical_palette(ly.features[key].nunique(), kind)
                 ly.face_color = key
+        if self.model_layer is not None:
+            self._show_legend(self.model_layer, self.model)
 
     def compute_metrics(self):
         """Compute the METHOD section-4 table (test split) for the current model in a worker."""
@@ -597,9 +620,11 @@ class ModelWidget(QWidget):
         return self._run(_metrics, _show)
 
     def _fill_table(self, rows):
-        header = ["latent", "by", "1/DB", "CH", "ASW"]
+        header = ["latent", "by", "better", "1/DB", "CH", "ASW"]
         if any("accuracy" in r for r in rows):
             header.append("accuracy")
+        for r in rows:
+            r.setdefault("better", metric_goal(r.get("latent", ""), r.get("by", "")))
         self.metrics_table.setRowCount(len(rows))
         self.metrics_table.setColumnCount(len(header))
         self.metrics_table.setHorizontalHeaderLabels(header)
@@ -608,7 +633,32 @@ class ModelWidget(QWidget):
                 v = row.get(key, "")
                 text = f"{v:.3f}" if isinstance(v, (float, np.floating)) else str(v)
                 self.metrics_table.setItem(i, j, QTableWidgetItem(text))
+        for j, key in enumerate(header):
+            tip = METRIC_TIPS.get(key)
+            if tip:
+                self.metrics_table.horizontalHeaderItem(j).setToolTip(tip)
         self.metrics_table.resizeColumnsToContents()
+
+
+#: What each metric column means (header tooltips).
+METRIC_TIPS = {
+    "better": "Which direction is good for this row: batch scores should be LOW for FE/FEC (batch removed) and "
+              "HIGH for RE (batch captured); cell-type scores HIGH (types kept apart).",
+    "1/DB": "Inverse Davies-Bouldin index: higher = groups more separated.",
+    "CH": "Calinski-Harabasz index: higher = groups more separated.",
+    "ASW": "Average silhouette width (-1..1): higher = groups more separated; near 0 = mixed.",
+    "accuracy": "Random-forest accuracy predicting the target from the latent (chance: the largest class share).",
+}
+
+
+def metric_goal(latent: str, by: str) -> str:
+    """Which direction is better for a metrics row: FE/FEC by batch low (mixed), RE by batch high, labels high."""
+    latent, by = str(latent).upper(), str(by)
+    if by == "batch":
+        return "lower (batch removed)" if latent in ("FE", "FEC") else "higher (batch captured)"
+    if by == "label":
+        return "higher (types apart)"
+    return "higher"
 
 
 def metrics_rows(result) -> list[dict]:
