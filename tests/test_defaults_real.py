@@ -1,5 +1,5 @@
 """The library defaults on the full real CellBench file (issue 11, "done when"): no preset chosen, scores
-on all cells with scikit-learn's raw silhouette, judged on the median of seeds 0-2, every network healthy.
+on all cells with scikit-learn's raw silhouette, judged on the mean of seeds 0-2, every network healthy.
 
 Runs where ../shared/data/cellbench_5batches.h5ad is beside the checkout (as in CI); about 5 minutes
 with one thread.
@@ -45,13 +45,15 @@ def _asw(model, kind, key):
 
 
 def test_defaults_on_the_full_file_separate_cell_lines_and_batches(default_models):
-    fe_batch = np.median([_asw(m, "fe", "batch") for m in default_models])
-    fe_label = np.median([_asw(m, "fe", "cell_line") for m in default_models])
-    re_batch = np.median([_asw(m, "re", "batch") for m in default_models])
-    assert fe_label >= 0.26          # Harmony's level on this file
+    """Issue 11's criterion, mean of seeds 0-2: FE batch ASW <= 0 with cell-line ASW >= 0.26 (Harmony's
+    level), RE batch ASW >= 0.5. The FE batch-centring term (fe_w_center=3) is what brings batch ASW below
+    zero (0.012-0.025 without it); measured -0.034 / 0.489 (docs/model.md)."""
+    fe_batch = np.mean([_asw(m, "fe", "batch") for m in default_models])
+    fe_label = np.mean([_asw(m, "fe", "cell_line") for m in default_models])
+    re_batch = np.mean([_asw(m, "re", "batch") for m in default_models])
+    assert fe_batch <= 0.0
+    assert fe_label >= 0.26
     assert re_batch >= 0.5
-    # measured 0.012-0.025; issue 11 asks for <= 0 (Harmony -0.007), not reached: docs/model.md
-    assert fe_batch < 0.05 and fe_batch < re_batch - 0.4
 
 
 def test_defaults_are_derived_and_every_network_is_healthy(default_models):

@@ -237,3 +237,26 @@ def test_runaway_adversarial_loss_is_flagged():
         g["lr"] = 0.0
     hist2 = fit(task2, d, d, max_epochs=30, patience=100, batch_size=32)
     assert max(hist2["train"]["adv"]) < max(hist["train"]["adv"])
+
+
+def test_batch_center_penalty_measures_how_far_batch_means_sit_from_the_minibatch_mean():
+    import torch
+
+    from napari_scmedal.models.training import batch_center_penalty
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(64, 4, generator=g)
+    batch = torch.arange(64) % 2
+    centred = batch_center_penalty(z - z[batch == 0].mean(0) * (batch == 0)[:, None]
+                                   - z[batch == 1].mean(0) * (batch == 1)[:, None], batch, 2)
+    assert float(centred) < 1e-10  # every batch mean on the minibatch mean: no penalty
+    shifted = z.clone()
+    shifted[batch == 1] += 3.0
+    assert float(batch_center_penalty(shifted, batch, 2)) > 0.5 > 10 * float(batch_center_penalty(z, batch, 2))
+    # a batch with a single cell in the minibatch is left out; gradients flow to the latent
+    zz = shifted.clone().requires_grad_(True)
+    batch3 = batch.clone()
+    batch3[0] = 2
+    pen = batch_center_penalty(zz, batch3, 3)
+    pen.backward()
+    assert zz.grad is not None and float(zz.grad.abs().sum()) > 0

@@ -39,7 +39,7 @@ __all__ = ["ScMEDAL", "PRESETS", "DEFAULT_PRESET", "CF_DEFAULT", "FILE_FORMAT", 
 PRESETS: dict[str, dict] = {
     "paper": dict(
         lr=1e-4, batch_size=512, max_epochs=500, patience=30, hidden=[512, 132], latent=50,
-        fe_w_recon=1000.0, fe_w_adv=1.0,
+        fe_w_recon=1000.0, fe_w_adv=1.0, fe_w_center=0.0,
         fec_w_recon=2000.0, fec_w_adv=0.5, fec_w_class=3.0,
         re_w_recon=110.0, re_w_batch=0.1, kl_weight=1e-5, prior_sd=0.25, kl_estimator="sample",
         bn_momentum=0.01, adv_bound=None, adam_eps=1e-7,
@@ -60,6 +60,7 @@ PRESETS["auto"] = dict(
     lr=None, batch_size=None, max_epochs=None, patience=None, min_epochs=None,
     bn_momentum=0.1, bn_refresh=BN_REFRESH_ROWS, min_delta=0.01,
     fe_w_recon=None, fec_w_recon=None,
+    fe_w_center=3.0,  # batch-centring of the FE latent (models.training.batch_center_penalty; docs/model.md)
 )
 #: The preset used when none is given.
 DEFAULT_PRESET = "auto"
@@ -402,7 +403,8 @@ class ScMEDAL:
         lr = settings["lr"]
         c.update({k: settings[k] for k in ("fe_w_recon", "fec_w_recon")})
         if kind == "fe":
-            return FETask(net, lr, c["fe_w_recon"], c["fe_w_adv"], 0.0, c["adv_bound"], c["adam_eps"])
+            return FETask(net, lr, c["fe_w_recon"], c["fe_w_adv"], 0.0, c["adv_bound"], c["adam_eps"],
+                          w_center=c.get("fe_w_center", 0.0))  # .get: configs of older model files lack it
         if kind == "fec":
             return FETask(net, lr, c["fec_w_recon"], c["fec_w_adv"], c["fec_w_class"], c["adv_bound"],
                           c["adam_eps"])

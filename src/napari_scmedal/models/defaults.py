@@ -139,6 +139,7 @@ _RULES = {
     "latent": (lambda v: _whole(v) and v >= 1, "a whole number >= 1"),
     "fe_w_recon": (lambda v: _num(v) and v > 0, "a positive number"),
     "fe_w_adv": (lambda v: _num(v) and v >= 0, "a number >= 0"),
+    "fe_w_center": (lambda v: _num(v) and v >= 0, "a number >= 0"),
     "fec_w_recon": (lambda v: _num(v) and v > 0, "a positive number"),
     "fec_w_adv": (lambda v: _num(v) and v >= 0, "a number >= 0"),
     "fec_w_class": (lambda v: _num(v) and v >= 0, "a number >= 0"),
