@@ -354,3 +354,18 @@ def test_top_gene_names_are_one_per_tile_quadrant_and_listed_in_full(make_napari
     regions = [(int(tg.iloc[i]["row"]), tg.iloc[i]["row_px"] >= R / 2, tg.iloc[i]["col_px"] >= C / 2) for i in named]
     assert len(regions) == len(set(regions))  # one name per quadrant of each row's tile
     assert ex.top_list.count() == len(comp.top_genes_overall)
+
+
+def test_expression_and_difference_tiles_have_colour_bars(make_napari_viewer, qtbot, trained):
+    """Canvases: one colour bar for the shared expression scale and one for the centred difference scale."""
+    viewer, cells, ex = _explorer(make_napari_viewer, trained)
+    ex.mode_combo.setCurrentText("cell indices")
+    ex.indices_edit.setText("3")
+    ex.compute()
+    qtbot.waitUntil(lambda: not ex.busy and ex.comparison is not None, timeout=TIMEOUT_MS)
+    shown = [ly for ly in viewer.layers if ly.metadata.get("scmedal_genomap") and ly._type_string == "image"
+             and ly.colorbar.visible]
+    assert sorted(ly.metadata["kind"] for ly in shown) == ["difference", "expression"]
+    exp = next(ly for ly in shown if ly.metadata["kind"] == "expression")
+    assert exp.colormap.name == "viridis" and str(exp.colorbar.position) != str(
+        next(ly for ly in shown if ly.metadata["kind"] == "difference").colorbar.position)

@@ -718,6 +718,7 @@ class GenomapExplorer(QWidget):
                 ly = self.viewer.add_layer(GenomapImage(data, name=lname, colormap=cmap, contrast_limits=limits,
                                                         translate=translate, interpolation2d="nearest",
                                                         metadata=meta))
+            self._colorbar(ly, name, comp)
             self.layers[name] = ly
             yield
         for ly in list(self.viewer.layers):
@@ -734,6 +735,16 @@ class GenomapExplorer(QWidget):
             f"{n} row(s) x {len(comp.names)} images of {R} x {C} pixels ({comp.units}); "
             f"expression range {comp.expression_limits[0]:.2f} to {comp.expression_limits[1]:.2f}, "
             f"differences +/-{comp.difference_limits[1]:.2f}.")
+
+    def _colorbar(self, ly, name, comp):
+        """One colour bar per scale on the canvas: the first expression tile's (shared viridis scale, top right)
+        and the first difference tile's (centred diverging scale, bottom right), labelled with the units."""
+        first = {kind: next(n for n in comp.names if comp.kinds[n] == kind)
+                 for kind in ("expression", "difference") if kind in comp.kinds.values()}
+        cb = ly.colorbar
+        cb.visible = name in first.values()
+        if cb.visible:
+            cb.position = "top_right" if comp.kinds[name] == "expression" else "bottom_right"
 
     def focus(self):
         """Fit the camera to the genomap tiles (and their titles)."""
