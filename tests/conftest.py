@@ -6,6 +6,9 @@
   known multiplicative batch effect (``varm["batch_effect"]``), see napari_scmedal.data.synthetic.
 * ``cellbench_full_path``: the full real CellBench file (read-only), skipping only tests that need it
   when it is not on this machine.
+* The plugin's settings go to a per-test folder (``NAPARI_SCMEDAL_CONFIG_DIR``), never the user's.
+* ``sample_model``: ``(model, adata)``, a real scMEDAL (FE, FEC, RE) trained briefly (quick preset, 3 epochs,
+  256 genes: 16 x 16 genomaps) on the bundled sample, once per session (the GUI tests share it).
 """
 
 from __future__ import annotations
@@ -28,6 +31,29 @@ def _single_thread_torch():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(autouse=True)
+def _plugin_config_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("NAPARI_SCMEDAL_CONFIG_DIR", str(tmp_path / "config"))
+
+
+@pytest.fixture(scope="session")
+def sample_model():
+    import torch
+
+    from napari_scmedal.datasets import cellbench
+    from napari_scmedal.model import ScMEDAL
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        adata = cellbench()
+        model = ScMEDAL(adata, batch_key="batch", label_key="cell_line", n_genes=256, preset="quick", seed=0)
+        model.train(max_epochs=3, health_warnings=False)
+    finally:
+        torch.set_num_threads(old)
+    return model, adata
 
 
 @pytest.fixture(scope="session")

@@ -58,6 +58,47 @@ def test_the_borrowed_change_follows_the_level_of_the_group():
     assert ch["beta"] == pytest.approx(0.5, rel=1e-4) and ch["extrapolated"][3]
     borrowed = ch["shift"] + ch["beta"] * ch["level"][3]
     np.testing.assert_allclose(borrowed, change[3], atol=1e-4)  # the absent group's change, predicted
+    # the piecewise linear level term (what apply_change uses) finds the line too (up to its small ridge)
+    np.testing.assert_allclose(ch["shift"] + ch["level_change"][3], change[3], atol=0.03)
+
+
+def test_the_level_term_follows_a_curved_level_dependence():
+    # dropout-like: the batch takes more from low genes, saturating (not a line); group 4 is absent
+    G = 400
+    rng = np.random.default_rng(5)
+    level = np.stack([rng.uniform(0, 3, G) + off for off in (0.0, 0.3, 0.6, 0.9, 1.2)])
+    curve = -1.2 * np.exp(-level)
+    log_means = np.stack([level, level + 0.1 + curve]).astype(np.float32)
+    counts = np.array([[50] * 5, [50, 50, 50, 50, 0]])
+    ch = C.changes(np.expm1(log_means), log_means, counts, 0, 1)
+    truth = 0.1 + curve[4]
+    err_line = np.abs(ch["shift"] + ch["beta"] * ch["level"][4] - truth).mean()
+    err_curve = np.abs(ch["shift"] + ch["level_change"][4] - truth).mean()
+    assert err_curve < 0.5 * err_line, (err_curve, err_line)
+
+
+def test_the_base_is_recentred_on_the_groups_observed_source_mean():
+    means, log_means, counts = _stats((30, 30))
+    counts[0, 1] = 3  # too few cells of group 1 in the source batch: not recentred
+    rng = np.random.default_rng(2)
+    base = rng.uniform(0, 2, size=(9, 6))
+    groups = np.array([0, 0, 0, 0, 1, 1, -1, -1, 0])
+    ch = C.changes(means, log_means, counts, 0, 1)
+    out = C.recentre(base, ch, groups)
+    g0 = groups == 0
+    lam = g0.sum() / (g0.sum() + C.RECENTRE_CELLS)
+    np.testing.assert_allclose(out[g0].mean(0), base[g0].mean(0) + lam * (log_means[0, 0] - base[g0].mean(0)))
+    np.testing.assert_allclose(out[g0] - out[g0].mean(0), base[g0] - base[g0].mean(0), atol=1e-12)  # deviations kept
+    np.testing.assert_array_equal(out[~g0], base[~g0])
+    # with the reconstructions' training means the correction is exact and does not depend on the other cells
+    recon = log_means - 0.3
+    ch_t = C.changes(means, log_means, counts, 0, 1, recon_means=recon)
+    one = C.recentre(base[:1], ch_t, groups[:1])
+    np.testing.assert_allclose(one, base[:1] + 0.3)
+    np.testing.assert_allclose(C.recentre(base, ch_t, groups)[:1], one)
+    # the own batch: the RE reconstruction exactly
+    same = C.changes(means, log_means, counts, 0, 0, recon_means=recon)
+    np.testing.assert_array_equal(C.apply_change(base, same, groups, 0.5), base.astype(np.float32))
 
 
 def test_a_zero_change_returns_the_base_exactly_and_groups_index_their_rows():
@@ -69,8 +110,10 @@ def test_a_zero_change_returns_the_base_exactly_and_groups_index_their_rows():
     ch = C.changes(means, log_means, counts, 0, 1)
     out = C.apply_change(base, ch, np.array([0, 1, -1]), alpha=0.0)
     w = ch["weight"][0]
-    borrowed = ch["shift"] + ch["beta"] * ch["level"][0]
-    np.testing.assert_allclose(out[0], base[0] + w * ch["own"][0] + (1 - w) * borrowed, rtol=1e-5)
+    borrowed = ch["shift"] + ch["level_change"][0]
+    # one cell of group 0: recentred a 1 / (1 + RECENTRE_CELLS) of the way to the group's observed source mean
+    b0 = base[0] + (log_means[0, 0] - base[0]) / (1 + C.RECENTRE_CELLS)
+    np.testing.assert_allclose(out[0], b0 + w * ch["own"][0] + (1 - w) * borrowed, rtol=1e-5)
     np.testing.assert_allclose(out[2], base[2] + ch["shift"], rtol=1e-5)  # no group: balanced change
 
 

@@ -14,25 +14,10 @@ N_GENES = 256
 TIMEOUT_MS = 180_000
 
 
-@pytest.fixture(autouse=True)
-def _env(monkeypatch, tmp_path):
-    import torch
-
-    torch.set_num_threads(1)
-    monkeypatch.setenv("NAPARI_SCMEDAL_CONFIG_DIR", str(tmp_path / "config"))
-
-
-@pytest.fixture(scope="module")
-def trained():
-    import torch
-
-    from napari_scmedal.model import ScMEDAL
-
-    torch.set_num_threads(1)
-    adata = cellbench()
-    model = ScMEDAL(adata, batch_key="batch", label_key="cell_line", n_genes=N_GENES, preset="quick", seed=0)
-    model.train(max_epochs=3, health_warnings=False)
-    return model, adata
+@pytest.fixture
+def trained(sample_model):
+    """The session's briefly trained sample model (tests/conftest.py) and its AnnData."""
+    return sample_model
 
 
 def _explorer(make_napari_viewer, trained):

@@ -12,14 +12,6 @@ PLUGIN = "napari-scmedal"
 TIMEOUT_MS = 300_000
 
 
-@pytest.fixture(autouse=True)
-def _env(monkeypatch, tmp_path):
-    import torch
-
-    torch.set_num_threads(1)
-    monkeypatch.setenv("NAPARI_SCMEDAL_CONFIG_DIR", str(tmp_path / "config"))
-
-
 def test_first_session_start_to_finish(make_napari_viewer, qtbot, tmp_path):
     import tifffile
 

@@ -20,14 +20,6 @@ PLUGIN = "napari-scmedal"
 WIDGETS = ["scMEDAL model", "Genomap explorer", "Export figure"]
 
 
-@pytest.fixture(autouse=True)
-def _env(monkeypatch, tmp_path):
-    import torch
-
-    torch.set_num_threads(1)
-    monkeypatch.setenv("NAPARI_SCMEDAL_CONFIG_DIR", str(tmp_path / "config"))
-
-
 def _sha(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
