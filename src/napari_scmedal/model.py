@@ -598,7 +598,7 @@ class ScMEDAL:
             out = np.empty_like(base)
             flag = np.zeros(len(own), dtype=bool)
             for s in np.unique(own):
-                ch = changes(st["mean"], st["logmean"], st["count"], int(s), int(t))
+                ch = changes(st["mean"], st["logmean"], st["count"], int(s), int(t), recon_means=st.get("remean"))
                 for rows in np.array_split(np.flatnonzero(own == s), max(1, int(np.sum(own == s)) // batch_size + 1)):
                     g = groups[rows]
                     out[rows] = apply_change(base[rows], ch, g, float(st["alpha"][0]))
@@ -676,23 +676,35 @@ class ScMEDAL:
             kind, a_group = "clusters", cluster_anchors(anchor_fe, self.seed)
             n_groups = int(a_group.max()) + 1 if a_group.size else 1
 
+        nb, G = len(self.batches), self.recipe.n_genes
+        re_sum = np.zeros((nb, n_groups, G))  # the same cells' mean RE reconstruction (log1p), per batch and group
+        re_cnt = np.zeros((nb, n_groups))
+
         def blocks():
             for i in range(0, len(idx), 8192):
                 sub = prep.subset(idx[i:i + 8192])
                 known = np.asarray(sub.label) if kind == "labels" else None
                 groups = assign_groups(self._run("fe", sub, "latent"), anchor_fe, a_group, known,
                                        centroids=kind == "clusters")
-                yield np.asarray(sub.X_log), np.asarray(sub.batch), groups
+                b = np.asarray(sub.batch)
+                ok = groups >= 0
+                rec = self.recipe.unscale(self._run("re", sub, "recon"))
+                np.add.at(re_sum, (b[ok], groups[ok]), rec[ok])
+                np.add.at(re_cnt, (b[ok], groups[ok]), 1.0)
+                yield np.asarray(sub.X_log), b, groups
 
         from .counterfactual import ALPHA_BATCHES
 
         samples: dict = {}
-        nb = len(self.batches)
         pick = set(np.random.default_rng(self.seed).choice(nb, min(nb, ALPHA_BATCHES), replace=False).tolist())
         mean, logmean, count = group_stats(blocks(), nb, n_groups, self.recipe.n_genes, samples, pick)
         alpha, _ = choose_alpha(samples, mean, logmean, count, seed=self.seed)
+        # the counterfactual's base is recentred on each group's observed mean (counterfactual.recentre): the
+        # reconstructions' mean comes from these training cells, so a cell's counterfactual never depends on
+        # which other cells are in the same call
+        remean = (re_sum / np.maximum(re_cnt, 1.0)[..., None]).astype(np.float32)
         return {"group": a_group, "groups": kind, "mean": mean, "logmean": logmean, "count": count,
-                "alpha": np.asarray([alpha], dtype=np.float32)}
+                "alpha": np.asarray([alpha], dtype=np.float32), "remean": remean}
 
     def _anchors(self) -> dict[str, np.ndarray]:
         """FE and RE latents (and batch codes) of up to ``CF_ANCHORS_PER_BATCH`` training cells per
@@ -900,7 +912,7 @@ class ScMEDAL:
                 {"fe", "re"} <= set(self._trained):
             anchors = self._anchors()
         if anchors is not None:  # reference cells of the counterfactuals, "balanced" statistics
-            for k in ("fe", "re", "batch", "group", "mean", "logmean", "count", "alpha"):
+            for k in ("fe", "re", "batch", "group", "mean", "logmean", "count", "alpha", "remean"):
                 if k in anchors:
                     tensors[f"cf.{k}"] = torch.as_tensor(np.ascontiguousarray(anchors[k]))
         meta = {

@@ -185,6 +185,12 @@ def anchors_from_tensors(path, tensors: dict, latent: int, n_batches: int, n_gen
                                  f"damaged. {_FIX}")
         out.update({"group": g, "groups": groups_kind, "mean": m.astype(np.float32, copy=False),
                     "logmean": lm.astype(np.float32, copy=False), "count": c, "alpha": al.astype(np.float32)})
+        if "cf.remean" in tensors:  # the RE reconstructions' group means (files before the recentred base lack it)
+            rm = tensors["cf.remean"].numpy()
+            if rm.shape != m.shape or not np.isfinite(rm).all():
+                raise ModelFileError(f"{path}: cf.remean does not fit the counterfactual statistics; the file is "
+                                     f"damaged. {_FIX}")
+            out["remean"] = rm.astype(np.float32, copy=False)
     return out
 
 
