@@ -2,7 +2,7 @@
 
 Run under Xvfb (napari needs a display; screenshots need a shown window on xcb):
 
-    xvfb-run -a -s "-screen 0 1920x1200x24" .venv/bin/python scripts/make_screenshots.py
+    xvfb-run -a -s "-screen 0 1920x1080x24" .venv/bin/python scripts/make_screenshots.py
 
 Every step of docs/user-guide.md is performed exactly as a user would through the widgets
 (open the sample, train with the quick preset, compute a comparison, hover, export) and the
@@ -48,7 +48,7 @@ def main(argv=None):
 
     viewer = napari.Viewer(title="napari-scmedal", show=True)
     win = viewer.window._qt_window  # noqa: SLF001 - sizing the window for reproducible screenshots
-    win.resize(1800, 1100)
+    win.resize(1920, 1080)  # a full-HD screen with all three widgets docked (issue 12)
     app = QApplication.instance()
 
     def pump(seconds=0.3):
