@@ -129,6 +129,9 @@ def test_counts_in_raw_train_and_apply_with_layer_raw(sample, tmp_path):
         ref = sm.ScMEDAL(a, batch_key="batch", label_key="cell_line", n_genes=N_GENES, preset="quick",
                          seed=0, threads=1, train_fec=False).train(max_epochs=2)
     assert m.recipe.layer == "raw" and m.genes == ref.genes  # the same genes as training on the counts in X
+    from napari_scmedal.data import validate_adata
+
+    assert validate_adata(b, "batch", layer="raw") == "counts"  # the public check reads .raw with its genes too
     np.testing.assert_allclose(m.get_latent_representation("fe", adata=b), ref.get_latent_representation("fe", adata=a),
                                atol=1e-5)
     path = m.save(tmp_path / "raw.safetensors")

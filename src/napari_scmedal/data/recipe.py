@@ -95,6 +95,14 @@ def _normalisation_source(block, norm_idx, where: str):
     return src
 
 
+def _text_columns(var):
+    """``(name, values as a string Index)`` of the ``var`` columns that can hold gene identifiers."""
+    for col in ([] if var is None else var.columns):
+        vals = var[col]
+        if vals.dtype == object or isinstance(vals.dtype, (pd.CategoricalDtype, pd.StringDtype)):
+            yield str(col), pd.Index(vals.astype(str))
+
+
 def size_factors(block, norm_idx, target_sum: float, where: str = "adata.X") -> np.ndarray:
     """float32 per-row factors ``target_sum / library size`` (0 for empty rows) of a block of raw counts;
     the library size is the row sum over the columns ``norm_idx`` (None = all columns), or the user's
@@ -258,23 +266,17 @@ class Recipe:
         names = pd.Index(pd.Index(var_names).astype(str))
         if var is None or not names.is_unique or names.get_indexer(self.genes).min(initial=0) >= 0:
             return names  # (duplicate names: align's check names them)
-        for col in var.columns:
-            vals = var[col]
-            if not (vals.dtype == object or isinstance(vals.dtype, (pd.CategoricalDtype, pd.StringDtype))):
-                continue
-            cand = pd.Index(vals.astype(str))
+        for _, cand in _text_columns(var):
             if cand.is_unique and cand.get_indexer(self.genes).min(initial=0) >= 0:
                 return cand
         return names
 
     def _best_gene_column(self, var) -> tuple[str, int] | None:
         best = None
-        for col in ([] if var is None else var.columns):
-            vals = var[col]
-            if vals.dtype == object or isinstance(vals.dtype, (pd.CategoricalDtype, pd.StringDtype)):
-                n = int(pd.Index(self.genes).isin(vals.astype(str)).sum())
-                if n and (best is None or n > best[1]):
-                    best = (str(col), n)
+        for col, cand in _text_columns(var):
+            n = int(pd.Index(self.genes).isin(cand).sum())
+            if n and (best is None or n > best[1]):
+                best = (col, n)
         return best
 
     def align(self, obs, var_names, require_labels: bool = False, var=None):

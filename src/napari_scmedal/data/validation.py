@@ -52,14 +52,11 @@ def resolve_layer(adata, layer: str | None = None):
 
 
 def get_matrix(adata, layer: str | None = None):
-    """The expression matrix to use: ``adata.layers[layer]`` or ``adata.X`` (never copied); ``"raw"``
-    means ``adata.raw.X`` when no layer has that name (its genes are ``adata.raw.var_names``: use
-    :func:`resolve_layer` to get the matching AnnData)."""
+    """The expression matrix to use: ``adata.layers[layer]`` or ``adata.X`` (never copied). ``adata.raw``
+    has its own genes: callers pass ``layer="raw"`` through :func:`resolve_layer` first."""
     if layer is None:
         return adata.X
     if layer not in adata.layers:
-        if layer == "raw" and getattr(adata, "raw", None) is not None:
-            return adata.raw.X
         available = sorted(adata.layers.keys())
         raw = ", or 'raw' for adata.raw" if getattr(adata, "raw", None) is not None else ""
         raise DataError(
@@ -197,6 +194,7 @@ def validate_adata(
     NaN or inf values, negative values, non-integer values with ``input_kind="counts"``, non-integer
     values too large to be log-normalised (auto mode), and fewer genes than ``n_genes``.
     """
+    adata, layer = resolve_layer(adata, layer)  # "raw": adata.raw with its own genes
     validate_metadata(adata, batch_key, label_key=label_key, input_kind=input_kind, n_genes=n_genes,
                       min_cells_per_batch=min_cells_per_batch)
     X = get_matrix(adata, layer)
