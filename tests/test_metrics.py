@@ -69,3 +69,10 @@ def test_mixed_effects_classification_uses_both_latents():
     assert held["re"] < res["re"]
     with pytest.raises(DataError, match="batch="):
         mixed_effects_classification(fe, re, target, held_out_batches=True)
+
+
+def test_metric_goal_says_which_direction_is_better():
+    from napari_scmedal.metrics import metric_goal
+
+    assert metric_goal("FE", "batch").startswith("lower") and metric_goal("fec", "batch").startswith("lower")
+    assert metric_goal("RE", "batch").startswith("higher") and metric_goal("FE", "label").startswith("higher")

@@ -22,7 +22,7 @@ import numpy as np
 from .errors import DataError
 
 __all__ = ["cluster_scores", "latent_scores", "mixed_effects_classification", "evaluate_model",
-           "counterfactual_holdout"]
+           "counterfactual_holdout", "metric_goal"]
 
 
 def __getattr__(name):
@@ -32,6 +32,16 @@ def __getattr__(name):
 
         return counterfactual_holdout
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def metric_goal(latent: str, by: str) -> str:
+    """Which direction is better for a metrics row: FE/FEC by batch low (mixed), RE by batch high, labels high."""
+    latent, by = str(latent).upper(), str(by)
+    if by == "batch":
+        return "lower (batch removed)" if latent in ("FE", "FEC") else "higher (batch captured)"
+    if by == "label":
+        return "higher (types apart)"
+    return "higher"
 
 
 def _subsample(n: int, size: int | None, seed: int) -> np.ndarray:

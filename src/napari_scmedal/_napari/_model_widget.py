@@ -30,6 +30,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_scmedal.metrics import metric_goal
+
 from ._common import (MODEL_KEY, Bridge, cells_layers, notify_error, notify_info, obs_columns, worker_finished,
                       worker_started, scroll_root)
 from ._health_view import TrainingReport
@@ -649,16 +651,6 @@ METRIC_TIPS = {
     "ASW": "Average silhouette width (-1..1): higher = groups more separated; near 0 = mixed.",
     "accuracy": "Random-forest accuracy predicting the target from the latent (chance: the largest class share).",
 }
-
-
-def metric_goal(latent: str, by: str) -> str:
-    """Which direction is better for a metrics row: FE/FEC by batch low (mixed), RE by batch high, labels high."""
-    latent, by = str(latent).upper(), str(by)
-    if by == "batch":
-        return "lower (batch removed)" if latent in ("FE", "FEC") else "higher (batch captured)"
-    if by == "label":
-        return "higher (types apart)"
-    return "higher"
 
 
 def metrics_rows(result) -> list[dict]:
