@@ -156,9 +156,15 @@ def display_scale(data):
     return (s, s)
 
 
-def is_batch_key(key, obs) -> bool:
-    """Whether ``key`` names a batch-like column (batch, sample, donor, ...): it gets the batch palette."""
-    return str(key).lower() in ("batch", "sample", "donor", "protocol", "plate", "run", "library")
+#: obs column names treated as batch-like (the batch palette) when no batch key is known.
+BATCH_LIKE = ("batch", "sample", "donor", "protocol", "plate", "run", "library")
+
+
+def color_cycle(features, key, batch_key=None):
+    """The colour cycle for colouring points by ``key``: the batch palette when ``key`` is the batch key (or
+    a batch-like name), the cell-type palette otherwise (:func:`categorical_palette`)."""
+    kind = "batch" if key == batch_key or str(key).lower() in BATCH_LIKE else "label"
+    return categorical_palette(features[key].nunique(), kind)
 
 
 def cells_layer_data(adata, name, coords=None, color_by=None, source=None, extra_metadata=None, batch_key=None):
@@ -182,8 +188,7 @@ def cells_layer_data(adata, name, coords=None, color_by=None, source=None, extra
     }
     if color_by is not None:
         kwargs["face_color"] = color_by
-        kind = "batch" if (color_by == batch_key or is_batch_key(color_by, adata.obs)) else "label"
-        kwargs["face_color_cycle"] = categorical_palette(features[color_by].nunique(), kind)
+        kwargs["face_color_cycle"] = color_cycle(features, color_by, batch_key)
     return (data, kwargs, "points")
 
 
@@ -210,6 +215,7 @@ def categorical_palette(n, kind: str = "label"):
         cols = colormaps["turbo"](np.linspace(0.05, 0.95, n))[:, :3]
     return [tuple(float(v) for v in c[:3]) + (1.0,) for c in cols]
 
+
 def legend_layer_data(layers, key, name, titles=None):
     """A points layer-data tuple that explains colour-coded point clouds: a title above each cloud (``titles``,
     one per layer) and, right of the last cloud, one coloured marker and name per category of ``key`` (the
@@ -225,7 +231,7 @@ def legend_layer_data(layers, key, name, titles=None):
     (y0, _), (y1, x1) = (np.asarray(v)[-2:] for v in layers[-1].extent.world)
     step = (y1 - y0) / max(len(names) + 2, 12)
     for k, (nm, col) in enumerate(zip(names, colors)):
-        pts.append((y0 + (k + 1) * step, x1 + 0.04 * (x1 - y0 if x1 > y0 else 1.0)))
+        pts.append((y0 + (k + 1) * step, x1 + 0.04 * (y1 - y0)))  # a little right of the last cloud
         texts.append(f"  {nm}")
         faces.append(col)
     pts.insert(0, (y0, pts[0][1] if pts else x1))

@@ -589,13 +589,12 @@ class ModelWidget(QWidget):
     def _recolor_latents(self, *_):
         if self.model is None:
             return
-        from ._layers import categorical_palette, is_batch_key
+        from ._layers import color_cycle
 
         key = self._color_key(self.model)
         for ly in getattr(self, "latent_layers", []):
             if ly in self.viewer.layers and key in ly.features.columns:
-                kind = "batch" if key == self.model.recipe.batch_key or is_batch_key(key, None) else "label"
-                ly.face_color_cycle = categorical_palette(ly.features[key].nunique(), kind)
+                ly.face_color_cycle = color_cycle(ly.features, key, self.model.recipe.batch_key)
                 ly.face_color = key
         if self.model_layer is not None:
             self._show_legend(self.model_layer, self.model)
