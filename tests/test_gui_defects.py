@@ -236,13 +236,19 @@ def test_progress_counts_to_the_expected_stop_and_shows_one_eta(make_napari_view
     viewer = make_napari_viewer()
     viewer.open_sample(PLUGIN, "cellbench")
     w = _model_widget(viewer, epochs=500)
-    info = {"model": "fe", "epoch": 12, "max_epochs": 500, "patience_left": 9, "min_epochs": 19, "eta_s": 42.0,
-            "train": {"total": 1.0}, "val": {"total": 1.2}}
+    from napari_scmedal.models.training import expected_last_epoch
+
+    def info_at(epoch, wait):  # what models.training.fit reports (patience 15, min 19, max 500)
+        return {"model": "fe", "epoch": epoch, "max_epochs": 500, "patience_left": 15 - wait, "min_epochs": 19,
+                "eta_s": 42.0, "last_epoch": expected_last_epoch(epoch, 500, 19, 15, wait),
+                "train": {"total": 1.0}, "val": {"total": 1.2}}
+
+    info = info_at(12, 6)
     w._on_progress(info)
     assert w._pbar.total == 21 and w._pbar.n == 12  # 12 + 9 epochs of patience left, past min 19
     assert "ETA" not in w._pbar.desc and w.status_label.text().count("ETA") == 1
     assert "of ~21" in w.status_label.text() and "at most 500" in w.status_label.text()
-    w._on_progress(dict(info, epoch=13, patience_left=10))  # a new best epoch pushes the end back
+    w._on_progress(info_at(13, 5))  # a new best epoch pushes the end back
     assert w._pbar.total == 23
     w._close_pbar()
 

@@ -65,17 +65,6 @@ def grid_text(n_genes: int) -> str:
     return f"genomap {rows} x {cols}{extra}"
 
 
-def expected_last_epoch(info: dict) -> int:
-    """The epoch training is expected to stop at, from a progress ``info``: early stopping after the
-    remaining patience, not before the minimum number of epochs, at most ``max_epochs``."""
-    ep = int(info.get("epoch", 0))
-    left = info.get("patience_left")
-    max_ep = int(info.get("max_epochs") or ep or 1)
-    if left is None:
-        return max_ep
-    return int(min(max_ep, max(int(info.get("min_epochs") or 1), ep + max(int(left), 0))))
-
-
 def _fmt_eta(seconds) -> str:
     if seconds is None or not np.isfinite(seconds):
         return "?"
@@ -372,14 +361,16 @@ class ModelWidget(QWidget):
         val = info.get("val") or {}
         vtxt = ", ".join(f"{k} {v:.4g}" for k, v in val.items()
                          if isinstance(v, (int, float)) and "acc" not in k)
-        last = expected_last_epoch(info)
+        # the epoch early stopping is expected at (models.training.expected_last_epoch; moves with a new best)
+        last = int(info.get("last_epoch") or info.get("max_epochs") or max(ep, 1))
         self.status_label.setText(
             f"{m.upper()} epoch {ep} of ~{last} (early stopping; at most {info.get('max_epochs', '?')}), ETA {eta}"
             + (f"; val {vtxt}" if vtxt else ""))
         if self._pbar is None or self._pbar_model != m:
             self._close_pbar()
-            # cancelable: the activity dock's cancel button stops training like the widget's Cancel
-            self._pbar = cancelable_progress(total=last, desc=f"scMEDAL {m.upper()}", cancel_callback=self.cancel)
+            # cancelable: the activity dock's cancel button sets is_canceled, which the worker's cancel check
+            # polls (napari calls cancel_callback only for iterated bars, so none is given)
+            self._pbar = cancelable_progress(total=last, desc=f"scMEDAL {m.upper()}")
             self._pbar_model = m
         pbar = self._pbar  # napari may process events below; keep a local handle
         # the bar counts to the epoch early stopping is expected at (it moves when a new best appears), so

@@ -603,7 +603,8 @@ def fit(task, train, val=None, *, max_epochs: int, patience: int, batch_size: in
                       "elapsed_s": elapsed,
                       "eta_s": _eta(elapsed / epoch, epoch, max_epochs, min_epochs, patience, wait, deadline, now),
                       "best_epoch": hist["best_epoch"], "patience_left": patience - wait,
-                      "min_epochs": min_epochs})
+                      "min_epochs": min_epochs,
+                      "last_epoch": expected_last_epoch(epoch, max_epochs, min_epochs, patience, wait)})
         if single and (cancelled or is_cancelled(cancel)):
             hist["stopped"] = "cancelled"
             break
@@ -626,12 +627,17 @@ def fit(task, train, val=None, *, max_epochs: int, patience: int, batch_size: in
     return hist
 
 
+def expected_last_epoch(epoch: int, max_epochs: int, min_epochs: int, patience: int, wait: int) -> int:
+    """The epoch this network is expected to stop at, assuming no new best epoch from now on: early stopping
+    after ``patience - wait`` more epochs, not before ``min_epochs``, at most ``max_epochs``."""
+    return int(min(max_epochs, max(min_epochs, epoch + max(patience - wait, 0))))
+
+
 def _eta(per_epoch: float, epoch: int, max_epochs: int, min_epochs: int, patience: int, wait: int,
          deadline: float | None, now: float) -> float:
-    """Seconds left for this network, assuming no new best epoch from now on (early stopping then comes
-    after ``patience - wait`` more epochs, not before ``min_epochs``), capped by ``max_epochs`` and the
-    deadline. Each new best epoch pushes it back; it is what a user can expect, not an upper bound."""
-    left = min(max_epochs, max(min_epochs, epoch + max(patience - wait, 0))) - epoch
+    """Seconds left for this network until :func:`expected_last_epoch`, capped by the deadline. Each new best
+    epoch pushes it back; it is what a user can expect, not an upper bound."""
+    left = expected_last_epoch(epoch, max_epochs, min_epochs, patience, wait) - epoch
     eta = per_epoch * max(left, 0)
     if deadline is not None:
         eta = min(eta, max(deadline - now, 0.0))
