@@ -129,9 +129,9 @@ def row_title(comp, r):
 
 def short_title(name, comp):
     """Compact tile title (napari text does not scale with zoom)."""
-    from napari_scmedal.compare import FE_MINUS_ORIGINAL, FE_RECON, ORIGINAL, RE_RECON
+    from napari_scmedal.compare import FE_MINUS_ORIGINAL
 
-    t = {ORIGINAL: "Original", FE_RECON: "FE recon.", RE_RECON: "RE recon.", FE_MINUS_ORIGINAL: "FE - Orig."}
+    t = dict(_short_fixed(), **{FE_MINUS_ORIGINAL: "FE - Orig."})
     if name in t:
         return t[name]
     return name.replace("Counterfactual -> ", "\u2192 ").replace(" - Original", " - Orig.").replace(
@@ -149,12 +149,19 @@ def _abbrev(batch: str) -> str:
     return b if len(b) <= BATCH_CHARS else b[:3] + "\u2026" + b[-(BATCH_CHARS - 4):]
 
 
+def _short_fixed() -> dict:
+    """Short names of the versions every comparison has (tile titles and layer names share them)."""
+    from napari_scmedal.compare import FE_RECON, ORIGINAL, RE_RECON
+
+    return {ORIGINAL: "Original", FE_RECON: "FE recon.", RE_RECON: "RE recon."}
+
+
 def tile_layer_name(name: str) -> str:
     """The napari layer name of the comparison image ``name``: ``Original | genomap``, ``CF <batch> | genomap``,
     ``dOrig CF <batch> | genomap`` (counterfactual minus original), ``dOwn CF <batch> | genomap``, ..."""
-    from napari_scmedal.compare import FE_MINUS_ORIGINAL, FE_RECON, ORIGINAL, RE_RECON
+    from napari_scmedal.compare import FE_MINUS_ORIGINAL
 
-    fixed = {ORIGINAL: "Original", FE_RECON: "FE recon.", RE_RECON: "RE recon.", FE_MINUS_ORIGINAL: "dOrig FE"}
+    fixed = dict(_short_fixed(), **{FE_MINUS_ORIGINAL: "dOrig FE"})
     if name in fixed:
         return fixed[name] + LAYER_SUFFIX
     cf = "Counterfactual -> "
@@ -738,7 +745,8 @@ class GenomapExplorer(QWidget):
 
     def _colorbar(self, ly, name, comp):
         """One colour bar per scale on the canvas: the first expression tile's (shared viridis scale, top right)
-        and the first difference tile's (centred diverging scale, bottom right), labelled with the units."""
+        and the first difference tile's (centred diverging scale, bottom right); the units are in the status
+        line and the layer metadata."""
         first = {kind: next(n for n in comp.names if comp.kinds[n] == kind)
                  for kind in ("expression", "difference") if kind in comp.kinds.values()}
         cb = ly.colorbar
