@@ -47,7 +47,7 @@ from qtpy.QtWidgets import (
 )
 
 from ._common import MODEL_KEY, cells_layers, model_layers, notify_error, worker_finished, worker_started, scroll_root
-from ._genomap_layer import GenomapImage
+from ._genomap_layer import GenomapImage, gene_under
 from ._layers import ADATA_KEY
 from ._settings import load_settings, save_settings
 
@@ -610,18 +610,13 @@ class GenomapExplorer(QWidget):
         for ly in self.viewer.layers:
             if not (isinstance(ly, Image) and ly.metadata.get(STACK_KEY) and ly.visible):
                 continue
-            pos = tuple(world_pos)
-            if len(pos) < 3:
+            info = gene_under(ly, tuple(world_pos))
+            if info is None:
                 continue
-            k, r, c = (int(np.floor(v + 0.5)) for v in ly.world_to_data(pos)[-3:])
-            n, R, C = ly.data.shape
-            if not (0 <= k < n and 0 <= r < R and 0 <= c < C):
-                continue
-            layout = ly.metadata["layout"]
             adata = ly.metadata.get("cells_adata")
-            value = ly.get_value(pos, world=True)
-            return {"layer": ly.name, "cell": k, "pixel": (r, c), "gene": layout.gene_at(r, c),
-                    "obs_name": str(adata.obs_names[k]) if adata is not None else None,
+            value = ly.get_value(tuple(world_pos), world=True)
+            return {"layer": ly.name, "cell": info["cell"], "pixel": info["pixel"], "gene": info["gene"],
+                    "obs_name": str(adata.obs_names[info["cell"]]) if adata is not None else None,
                     "value": None if value is None else float(value)}
         return None
 
@@ -897,22 +892,16 @@ class GenomapExplorer(QWidget):
         comp = self.comparison
         if comp is None or not self.layers:
             return None
-        R, C = comp.shape
-        y, x = float(world_pos[-2]), float(world_pos[-1])
         for name, ly in self.layers.items():
             if ly not in self.viewer.layers:
                 continue
-            ty, tx = ly.translate[-2:]
-            h = ly.data.shape[0]
-            yy, xx = int(np.floor(y - ty + 0.5)), int(np.floor(x - tx + 0.5))
-            if 0 <= yy < h and 0 <= xx < C:
-                row, r = divmod(yy, R + ROW_GAP)
-                if r >= R:
-                    return None
-                gene = comp.layout.gene_at(r, xx)
-                values = {nm: float(comp.images[nm][row, r, xx]) for nm in comp.names}
-                return {"image": name, "row": row, "row_title": comp.row_titles[row], "pixel": (r, xx),
-                        "gene": gene, "values": values}
+            info = gene_under(ly, tuple(world_pos)[-2:])
+            if info is None:
+                continue
+            row, (r, c) = info["row"], info["pixel"]
+            values = {nm: float(comp.images[nm][row, r, c]) for nm in comp.names}
+            return {"image": name, "row": row, "row_title": comp.row_titles[row], "pixel": (r, c),
+                    "gene": info["gene"], "values": values}
         return None
 
     def _on_mouse_move(self, viewer, event):

@@ -13,8 +13,9 @@ from napari.layers import Image
 
 
 def gene_under(layer, position, world: bool = True) -> dict | None:
-    """``{"gene", "pixel", "row"/"cell", "title"}`` of the genomap pixel at ``position``, or None off the
-    tiles, in a gap or on an empty pixel. Pure lookup on the layer's metadata (no Qt)."""
+    """``{"gene", "pixel", "row"/"cell", "title"}`` of the genomap pixel at ``position`` (``gene`` None on an
+    empty pixel), or None off the tiles or in the gap between rows. Pure lookup on the layer's metadata (no
+    Qt); the status bar and the explorer's hover readout both use it."""
     md = layer.metadata
     layout = md.get("layout")
     if layout is None or position is None:
@@ -28,6 +29,8 @@ def gene_under(layer, position, world: bool = True) -> dict | None:
     y, x = int(idx[-2]), int(idx[-1])
     out = {}
     if layer.ndim >= 3:  # all-cells stack: (cell, row, column)
+        if len(np.ravel(position)) < 3:
+            return None
         out["cell"] = int(idx[-3])
         adata = md.get("cells_adata")
         out["title"] = (f"cell {out['cell']} ({adata.obs_names[out['cell']]})" if adata is not None
@@ -42,10 +45,7 @@ def gene_under(layer, position, world: bool = True) -> dict | None:
         out["title"] = titles[row] if row < len(titles) else f"row {row}"
     if not (0 <= r < R and 0 <= x < C):
         return None
-    gene = layout.gene_at(r, x)
-    if gene is None:
-        return None
-    out.update(gene=gene, pixel=(int(r), int(x)))
+    out.update(gene=layout.gene_at(r, x), pixel=(int(r), int(x)))
     return out
 
 
@@ -59,7 +59,7 @@ class GenomapImage(Image):
             info = gene_under(self, position, world=world)
         except Exception:  # never break napari's status bar
             info = None
-        if info is not None:
+        if info is not None and info["gene"] is not None:
             where = f"{info['gene']}, {info['title']}, pixel {info['pixel']}"
             status["coordinates"] = f"{where}: {status.get('value', '')}"
             status["coords"] = where
