@@ -12,7 +12,6 @@ and validation reconstruction -- the others (adversary, class, KL, ...) behind t
 
 from __future__ import annotations
 
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -79,7 +78,7 @@ class LossCanvas(QWidget):
         lay.addWidget(self.view)
         lay.addWidget(self.all_check)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scmedal-loss-plot")
-        self._lock = threading.Lock()
+        # _running/_dirty are read and written on the GUI thread only (the render thread only emits the image)
         self._running = False
         self._dirty = False
         self._last_start = 0.0
@@ -108,25 +107,23 @@ class LossCanvas(QWidget):
     # ------------------------------------------------------------------ drawing
     def redraw(self, force: bool = False):
         """Schedule a render in the background (coalesced; ``force`` ignores the minimum interval)."""
-        with self._lock:
-            if self._running:
-                self._dirty = True
-                return
-            wait = MIN_INTERVAL_S - (time.monotonic() - self._last_start)
-            if not force and wait > 0:
-                if not self._dirty:  # render the latest data once the interval has passed
-                    QTimer.singleShot(int(wait * 1000) + 1, lambda: self.redraw(force=True))
-                self._dirty = True
-                return
-            self._running, self._dirty = True, False
-            self._last_start = time.monotonic()
+        if self._running:
+            self._dirty = True
+            return
+        wait = MIN_INTERVAL_S - (time.monotonic() - self._last_start)
+        if not force and wait > 0:
+            if not self._dirty:  # render the latest data once the interval has passed
+                QTimer.singleShot(int(wait * 1000) + 1, lambda: self.redraw(force=True))
+            self._dirty = True
+            return
+        self._running, self._dirty = True, False
+        self._last_start = time.monotonic()
         snapshot = {m: {k: list(v) for k, v in s.items()} for m, s in self.curves.items()}
         w = max(self.view.width(), 320)
         try:
             self._pool.submit(self._render, snapshot, w, HEIGHT_PX, self.all_check.isChecked())
         except RuntimeError:  # the pool is shut down (widget closing)
-            with self._lock:
-                self._running = False
+            self._running = False
 
     def _render(self, curves, w, h, show_all):
         try:
@@ -141,19 +138,16 @@ class LossCanvas(QWidget):
             qimg = QImage(img.data, w, h, 4 * w, QImage.Format.Format_RGBA8888).copy()
             self.view.setPixmap(QPixmap.fromImage(qimg))
             self.renders += 1
-        with self._lock:
-            self._running = False
-            again = self._dirty
-        if again:
+        self._running = False
+        if self._dirty:
             self.redraw(force=True)
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """For tests and scripts: True once no render is running or pending (Qt events must be processed)."""
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
-            with self._lock:
-                if not self._running and not self._dirty:
-                    return True
+            if not self._running and not self._dirty:
+                return True
             from qtpy.QtWidgets import QApplication
 
             QApplication.processEvents()
