@@ -75,13 +75,8 @@ def run(epochs: int, genes: int) -> dict:
     viewer = napari.Viewer(show=True)
     (cells,) = viewer.open_sample("napari-scmedal", "cellbench")
     _, mw = viewer.window.add_plugin_dock_widget("napari-scmedal", "scMEDAL model")
-    mw.batch_combo.setCurrentText("batch")
-    mw.label_combo.setCurrentText("cell_line")
-    mw.genes_spin.setValue(genes)
-    mw.preset_combo.setCurrentText("quick")
-    mw.epochs_spin.setValue(epochs)
-    mw.threads_spin.setValue(1)
-    mw.metrics_check.setChecked(False)
+    mw.apply_settings({"batch_key": "batch", "label_key": "cell_line", "n_genes": genes, "preset": "quick",
+                       "max_epochs": epochs, "threads": 1, "metrics": False})
     meter = GapMeter()
     pump_until(lambda: False, timeout=1.0)  # settle the window
     meter.start()

@@ -81,13 +81,8 @@ def test_worker_failures_reach_the_user_as_notifications(make_napari_viewer, qtb
 
 def _model_widget(viewer, epochs):
     _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "scMEDAL model")
-    w.batch_combo.setCurrentText("batch")
-    w.label_combo.setCurrentText("cell_line")
-    w.genes_spin.setValue(N_GENES)
-    w.preset_combo.setCurrentText("quick")
-    w.epochs_spin.setValue(epochs)
-    w.threads_spin.setValue(1)
-    w.metrics_check.setChecked(False)
+    w.apply_settings({"batch_key": "batch", "label_key": "cell_line", "n_genes": N_GENES, "preset": "quick",
+                      "max_epochs": epochs, "threads": 1, "metrics": False})
     return w
 
 

@@ -29,13 +29,8 @@ def _viewer_with_sample(make_napari_viewer):
 
 def _model_widget(viewer, genes=N_GENES, epochs=3, preset=None):
     _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "scMEDAL model")
-    w.batch_combo.setCurrentText("batch")
-    w.label_combo.setCurrentText("cell_line")
-    w.genes_spin.setValue(genes)
-    if preset is not None:
-        w.preset_combo.setCurrentText(preset)
-    w.epochs_spin.setValue(epochs)
-    w.threads_spin.setValue(1)
+    w.apply_settings({"batch_key": "batch", "label_key": "cell_line", "n_genes": genes, "preset": preset,
+                      "max_epochs": epochs, "threads": 1})
     return w
 
 

@@ -178,6 +178,7 @@ class ModelWidget(QWidget):
         root.addWidget(box)
         root.addStretch(1)
 
+        self._wanted_keys = (None, None)  # batch/label keys to pick once a cells layer offers them
         self._restore()
         self.genes_spin.valueChanged.connect(self._update_grid)
         self.layer_combo.currentTextChanged.connect(self._on_layer_changed)
@@ -223,12 +224,21 @@ class ModelWidget(QWidget):
         }
 
     def _restore(self):
-        s = load_settings(SECTION)
-        self._wanted_keys = (s.get("batch_key"), s.get("label_key"))
+        self.apply_settings(load_settings(SECTION))
+
+    def apply_settings(self, s: dict) -> None:
+        """Set the form from a dict of :meth:`settings` keys (missing keys are left as they are): how saved
+        settings are restored, and how scripts, benchmarks and tests fill the form. A batch or label key not
+        offered yet (no cells layer) is applied when the layer's columns arrive."""
+        if s.get("batch_key") or s.get("label_key"):
+            self._wanted_keys = (s.get("batch_key"), s.get("label_key"))
+        for combo, key in ((self.batch_combo, "batch_key"), (self.label_combo, "label_key")):
+            if s.get(key) and combo.findText(s[key]) >= 0:
+                combo.setCurrentText(s[key])
         for spin, key in ((self.genes_spin, "n_genes"), (self.epochs_spin, "max_epochs"),
                           (self.patience_spin, "patience"), (self.batch_spin, "batch_size"),
                           (self.time_spin, "max_time"), (self.threads_spin, "threads")):
-            if isinstance(s.get(key), int):
+            if isinstance(s.get(key), int) and not isinstance(s.get(key), bool):
                 spin.setValue(s[key])
         for combo, key in ((self.preset_combo, "preset"), (self.device_combo, "device"),
                            (self.color_combo, "color_by")):
