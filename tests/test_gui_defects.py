@@ -29,6 +29,14 @@ def _explorer(make_napari_viewer, trained):
     return viewer, cells, ex
 
 
+def _compute_cells(ex, qtbot, indices):
+    """Compute the comparison of the cells at ``indices`` (text as typed) and wait until its layers are shown."""
+    ex.mode_combo.setCurrentText("cell indices")
+    ex.indices_edit.setText(indices)
+    ex.compute()
+    qtbot.waitUntil(lambda: not ex.busy and ex.comparison is not None, timeout=TIMEOUT_MS)
+
+
 def test_single_cells_then_an_averaged_box_selection_does_not_crash(make_napari_viewer, qtbot, trained):
     """Item 1: 3 single cells, then an averaged selection: fewer row titles than before."""
     viewer, cells, ex = _explorer(make_napari_viewer, trained)
@@ -139,10 +147,7 @@ def test_the_writer_claims_only_genomaps_and_takes_the_explorers_mixed_layers(ma
     written = viewer.layers.save(str(out), selected=True)
     assert written and np.array_equal(tifffile.imread(out), photo.data)
     assert not sidecar_path(out).exists()
-    ex.mode_combo.setCurrentText("cell indices")
-    ex.indices_edit.setText("3, 9")
-    ex.compute()
-    qtbot.waitUntil(lambda: not ex.busy and ex.comparison is not None, timeout=TIMEOUT_MS)
+    _compute_cells(ex, qtbot, "3, 9")
     mine = [ly for ly in viewer.layers if ly.metadata.get("scmedal_genomap")]
     assert {ly._type_string for ly in mine} >= {"image", "points", "shapes"}
     viewer.layers.selection = set(mine)
@@ -172,10 +177,7 @@ def test_widgets_are_in_napari_menus(make_napari_viewer):
 def test_status_bar_names_the_gene_under_the_cursor(make_napari_viewer, qtbot, trained):
     """Item 6: napari's status bar (built from the active layer's status hook) shows the gene and its value."""
     viewer, cells, ex = _explorer(make_napari_viewer, trained)
-    ex.mode_combo.setCurrentText("cell indices")
-    ex.indices_edit.setText("3, 9")
-    ex.compute()
-    qtbot.waitUntil(lambda: not ex.busy and ex.comparison is not None, timeout=TIMEOUT_MS)
+    _compute_cells(ex, qtbot, "3, 9")
     comp = ex.comparison
     tile = viewer.layers["Original | genomap"]
     gene = comp.layout.genes[5]
@@ -323,10 +325,7 @@ def test_top_gene_names_are_one_per_tile_quadrant_and_listed_in_full(make_napari
     """Canvases: top-gene names never pile up: at most one per quadrant of each row's Original tile; every top
     gene is still marked on the tiles and listed in the widget."""
     viewer, cells, ex = _explorer(make_napari_viewer, trained)
-    ex.mode_combo.setCurrentText("cell indices")
-    ex.indices_edit.setText("3, 300")
-    ex.compute()
-    qtbot.waitUntil(lambda: not ex.busy and ex.comparison is not None, timeout=TIMEOUT_MS)
+    _compute_cells(ex, qtbot, "3, 300")
     comp = ex.comparison
     tg = comp.top_genes
     R, C = comp.shape
@@ -345,10 +344,7 @@ def test_top_gene_names_are_one_per_tile_quadrant_and_listed_in_full(make_napari
 def test_expression_and_difference_tiles_have_colour_bars(make_napari_viewer, qtbot, trained):
     """Canvases: one colour bar for the shared expression scale and one for the centred difference scale."""
     viewer, cells, ex = _explorer(make_napari_viewer, trained)
-    ex.mode_combo.setCurrentText("cell indices")
-    ex.indices_edit.setText("3")
-    ex.compute()
-    qtbot.waitUntil(lambda: not ex.busy and ex.comparison is not None, timeout=TIMEOUT_MS)
+    _compute_cells(ex, qtbot, "3")
     shown = [ly for ly in viewer.layers if ly.metadata.get("scmedal_genomap") and ly._type_string == "image"
              and ly.colorbar.visible]
     assert sorted(ly.metadata["kind"] for ly in shown) == ["difference", "expression"]
