@@ -9,7 +9,6 @@
 """
 import itertools
 import re
-import warnings
 
 import numpy as np
 import pytest
@@ -28,21 +27,11 @@ MM = 1 / 25.4
 
 
 @pytest.fixture(scope="module")
-def comp():
-    import torch
-
-    torch.set_num_threads(1)
+def comp(sample_model):
+    """A real comparison: three cells of the session's briefly trained sample model (tests/conftest.py)."""
     from napari_scmedal.compare import compare_cells
-    from napari_scmedal.datasets import cellbench
-    from napari_scmedal.model import ScMEDAL
 
-    a = cellbench()
-    keep = np.sort(np.random.default_rng(0).choice(a.n_obs, 400, replace=False))
-    a = a[keep].copy()
-    m = ScMEDAL(a, batch_key="batch", label_key="cell_line", n_genes=256, preset="quick", seed=0)
-    with warnings.catch_warnings():  # two epochs: an undertrained model says so
-        warnings.simplefilter("ignore")
-        m.train(max_epochs=2)
+    m, _ = sample_model
     c = compare_cells(m, [0, 1, 2])
     assert len(c.names) == 19 and len(c.top_genes) == 30  # 5 batches: 19 versions, 10 genes a row
     return c
