@@ -1,4 +1,4 @@
-"""Counterfactual accuracy against truth: every method side by side, seeds 0, 1, 2, in ONE run.
+r"""Counterfactual accuracy against truth: every method side by side, seeds 0, 1, 2, in ONE run.
 
 Settings (scores from ``napari_scmedal.holdout.score_counterfactual``: r2_all, r2_top100, shift_corr and,
 with per-cell truth, cell_rmse; log1p-normalised units over the model's genes):
@@ -14,12 +14,23 @@ with per-cell truth, cell_rmse; log1p-normalised units over the model's genes):
 
 Methods: the model's ``--methods`` (default balanced,matched,reference), the baselines identity, mean_shift,
 balanced_shift, and ``scgen`` (benchmarks/cf_baselines.py: scGen-style VAE latent shift, cell-type
-balanced). scVI only when ``import scvi`` works (it is not installed here; noted in the results).
+balanced); on CellBench also ``scvi`` and ``scvi_sampled`` (cf_baselines.ScviCF: scVI's ``transform_batch``
+counterfactual, one scVI model per pair, ``--scvi-epochs`` max epochs, read as log1p of the normalised
+expression and as the mean of log1p-normalised counts drawn in the target batch) when ``import scvi`` works,
+i.e. in the benchmark environment (``bash benchmarks/setup_bench_env.sh`` -> .venv-bench), unless
+``--no-scvi``. CellBench targets: ``--dropseq-only`` / ``--celseq2-only``; ``--first-pair N`` starts each
+target list at pair N (the runs are deterministic per seed, so a cut run can be finished and merged).
 
 Run (full; hours on a 2-core CPU, one model per pair and seed):
     .venv/bin/python benchmarks/bench_cf_holdout.py
+The tables of docs/benchmarks.md (CellBench only, benchmark env for scVI):
+    .venv-bench/bin/python benchmarks/bench_cf_holdout.py --skip synthetic_seen synthetic_heldout \
+        --dropseq-only --stem cf_holdout.dropseq_scvi
+    .venv-bench/bin/python benchmarks/bench_cf_holdout.py --seeds 0 --skip synthetic_seen synthetic_heldout \
+        --celseq2-only --no-scvi --stem cf_holdout.celseq2_seed0
 Smoke: ``--quick`` (one seed, 3 epochs, small synthetic data, 500 CellBench genes, 2 pairs per setting).
-Writes benchmarks/results/cf_holdout.{json,md} (``--quick``: cf_holdout.quick.{json,md}), after every seed.
+Writes benchmarks/results/cf_holdout.{json,md} (``--quick``: cf_holdout.quick.{json,md}; ``--stem``: that
+name), after every setting and, on CellBench, after every pair.
 """
 
 from __future__ import annotations
@@ -41,14 +52,16 @@ CELLBENCH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ce
 METRICS = ("r2_all", "r2_top100", "shift_corr", "cell_rmse")
 
 
-def _baselines(args, batch_key):
-    from cf_baselines import latent_shift_baseline, scvi_baseline, scvi_status
+def _baselines(args, batch_key, scvi=False):
+    """identity, mean_shift, balanced_shift, scgen and, with ``scvi`` (CellBench: raw counts) when scvi-tools
+    imports and ``--no-scvi`` is off, scvi and scvi_sampled (one scVI model per pair)."""
+    from cf_baselines import latent_shift_baseline, scvi_baselines, scvi_status
 
     from napari_scmedal.holdout import BASELINES
 
     items = list(BASELINES) + [("scgen", latent_shift_baseline(steps=args.vae_steps))]
-    if scvi_status() == "available":
-        items.append(("scvi", scvi_baseline(batch_key, max_epochs=args.scvi_epochs)))
+    if scvi and scvi_status().startswith("available") and not args.no_scvi:
+        items += scvi_baselines(batch_key, max_epochs=args.scvi_epochs, n_samples=args.scvi_samples)
     return items
 
 
@@ -142,13 +155,18 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--quick", action="store_true", help="smoke run: one seed, 3 epochs, tiny settings")
     ap.add_argument("--dropseq-only", action="store_true", help="CellBench: only Drop-seq target pairs")
+    ap.add_argument("--celseq2-only", action="store_true", help="CellBench: only CEL-seq2-plate target pairs")
+    ap.add_argument("--no-scvi", action="store_true", help="leave scVI out even when it can be imported")
     ap.add_argument("--skip", nargs="*", default=[], choices=["synthetic_seen", "synthetic_heldout", "cellbench"])
     ap.add_argument("--max-pairs", type=int, default=None, help="at most this many pairs per setting")
+    ap.add_argument("--first-pair", type=int, default=1, help="CellBench: start at this pair (1-based) of each "
+                    "target list, to finish a cut run (the pairs are deterministic)")
     ap.add_argument("--preset", default=None, help="training preset (default: the model's default)")
     ap.add_argument("--max-epochs", type=int, default=None)
     ap.add_argument("--cellbench-genes", type=int, default=2916)
     ap.add_argument("--vae-steps", type=int, default=500)
-    ap.add_argument("--scvi-epochs", type=int, default=200)
+    ap.add_argument("--scvi-epochs", type=int, default=100, help="scVI max epochs (early stopping on)")
+    ap.add_argument("--scvi-samples", type=int, default=20, help="scVI posterior draws per source cell")
     ap.add_argument("--truth-draws", type=int, default=32)
     ap.add_argument("--device", default=None)
     ap.add_argument("--stem", default=None, help="results file name (default cf_holdout); lets seeds run in "
@@ -198,8 +216,11 @@ def main():
               "config": {"methods": methods, "seeds": args.seeds, "quick": args.quick, "synthetic": syn,
                          "synthetic_model_genes": syn_genes, "cellbench_genes": args.cellbench_genes,
                          "preset": args.preset or "default", "max_epochs": args.max_epochs,
-                         "max_pairs": args.max_pairs, "vae_steps": args.vae_steps, "dropseq_only": args.dropseq_only},
-              "scvi": scvi_status(), "rows": [], "time_s": {}}
+                         "max_pairs": args.max_pairs, "vae_steps": args.vae_steps, "dropseq_only": args.dropseq_only,
+                         "celseq2_only": args.celseq2_only, "first_pair": args.first_pair,
+                         **({} if args.no_scvi else {"scvi_epochs": args.scvi_epochs,
+                                                     "scvi_samples": args.scvi_samples})},
+              "scvi": "left out (--no-scvi)" if args.no_scvi else scvi_status(), "rows": [], "time_s": {}}
     stem = args.stem or ("cf_holdout.quick" if args.quick else "cf_holdout")
     OUT.mkdir(exist_ok=True)
 
@@ -237,15 +258,23 @@ def main():
         if cb is not None:
             print(f"seed {seed}: cellbench", flush=True)
             pairs = default_pairs(cb.obs, "batch", "cell_line", 30)
-            drop = [p for p in pairs if "Dropseq" in p[1]]
+            drop = [] if args.celseq2_only else [p for p in pairs if "Dropseq" in p[1]]
             cel = [] if args.dropseq_only else [p for p in pairs if "Dropseq" not in p[1]]
-            pairs = drop[:args.max_pairs] + cel[:args.max_pairs]
-            df = counterfactual_holdout(cb, "batch", "cell_line", pairs=pairs, methods=methods,
-                                        baselines=_baselines(args, "batch"), seed=seed, progress=say,
-                                        **dict(ctor, n_genes=args.cellbench_genes), **train_kw)
-            for r in df.to_dict("records"):
-                r["setting"] = "cellbench_dropseq" if "Dropseq" in r["target_batch"] else "cellbench_celseq2"
-                result["rows"].append(r)
+            first = args.first_pair - 1
+            pairs = drop[first:][:args.max_pairs] + cel[first:][:args.max_pairs]
+
+            def say_and_keep(info):  # rows recorded (and written) after every pair: a cut run keeps its pairs
+                say(info)
+                if info.get("stage") == "pair":
+                    for r in info["rows"]:
+                        r = dict(r, setting="cellbench_dropseq" if "Dropseq" in r["target_batch"]
+                                 else "cellbench_celseq2")
+                        result["rows"].append(r)
+                    dump()
+
+            counterfactual_holdout(cb, "batch", "cell_line", pairs=pairs, methods=methods,
+                                   baselines=_baselines(args, "batch", scvi=True), seed=seed, progress=say_and_keep,
+                                   **dict(ctor, n_genes=args.cellbench_genes), **train_kw)
             dump()
         result["time_s"][f"seed{seed}"] = time.perf_counter() - t0
         dump()
