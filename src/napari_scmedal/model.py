@@ -992,7 +992,8 @@ def _make_networks(recipe, config: dict, seed: int, device) -> dict[str, torch.n
     K = len(recipe.labels) if recipe.labels else 0
     hidden, latent = tuple(c["hidden"]), int(c["latent"])
     meta = torch.device(device).type == "meta"
-    with torch.random.fork_rng(devices=[]), (torch.device("meta") if meta else contextlib.nullcontext()):
+    with torch.random.fork_rng(devices=[]), (torch.device("meta") if meta else contextlib.nullcontext()), \
+            (_NoInit() if meta else contextlib.nullcontext()):
         torch.manual_seed(seed)
         nets: dict[str, torch.nn.Module] = {
             "fe": FE(G, B, None, hidden, latent),
@@ -1004,6 +1005,18 @@ def _make_networks(recipe, config: dict, seed: int, device) -> dict[str, torch.n
         set_bn_momentum(net, c["bn_momentum"])
         net.to(device).eval()
     return nets
+
+
+class _NoInit(torch.overrides.TorchFunctionMode):
+    """Skips the ``torch.nn.init`` initialisers while networks are built on the meta device (shapes only, no
+    values to fill). torch's meta ``normal_`` would import torch._dynamo (about 2 s of imports holding the GIL:
+    the window froze when the model widget loaded the model its training process had written)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return args[0] if args else kwargs.get("tensor")
+        return func(*args, **kwargs)
 
 
 class _InMemoryLazy:

@@ -10,6 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+# one implementation, in the core (the training process computes the latents' 2-D PCA too)
+from napari_scmedal.embedding import fit_pca_2d, pca_2d, sample_rows  # noqa: F401
+
 #: on-screen size (in world units) of the longest side of a cells layer
 DISPLAY_SPAN = 400.0
 #: on-screen point size of a cells layer, in world units
@@ -57,46 +60,6 @@ def most_variable(X, n_top: int = 2000) -> np.ndarray:
     else:
         var = np.asarray(X).var(axis=0)
     return np.sort(np.argsort(var)[::-1][:n_top])
-
-
-def fit_pca_2d(Xfit, seed=0):
-    """Fit two principal axes on the rows of ``Xfit``; return ``project(X) -> (n, 2) float32`` for any
-    rows with the same columns (dense or sparse; sparse rows are never densified)."""
-    from scipy import sparse
-    from sklearn.decomposition import PCA
-
-    Xfit = Xfit.toarray() if sparse.issparse(Xfit) else np.asarray(Xfit)
-    k = min(2, Xfit.shape[1], Xfit.shape[0])
-    pca = PCA(n_components=k, random_state=seed, svd_solver="full" if Xfit.shape[1] <= 500 else "randomized")
-    pca.fit(Xfit.astype(np.float32))
-    comps = pca.components_.astype(np.float32)  # (k, genes)
-    offset = pca.mean_.astype(np.float32) @ comps.T
-
-    def project(X):
-        proj = X @ comps.T if sparse.issparse(X) else np.asarray(X, dtype=np.float32) @ comps.T
-        Y = np.asarray(proj, dtype=np.float32) - offset
-        if k < 2:
-            Y = np.column_stack([Y, np.zeros((Y.shape[0], 2 - k), np.float32)])
-        return Y.astype(np.float32)
-
-    return project
-
-
-def sample_rows(n: int, max_fit: int, seed: int = 0) -> np.ndarray:
-    """All rows when ``n <= max_fit``, else a seeded sorted sample of ``max_fit`` rows."""
-    return np.arange(n) if n <= max_fit else np.sort(np.random.default_rng(seed).choice(n, max_fit, replace=False))
-
-
-def pca_2d(X, seed=0, max_fit=5000):
-    """First two principal components of the rows of ``X`` (dense or sparse), float32 (n, 2).
-
-    The axes are fitted on at most ``max_fit`` rows (seeded subsample) and every row is projected,
-    so large data never needs a dense copy and opens quickly.
-    """
-    n = X.shape[0]
-    if n < 2 or X.shape[1] < 1:
-        return np.zeros((n, 2), np.float32)
-    return fit_pca_2d(X[sample_rows(n, max_fit, seed)], seed)(X)
 
 
 def file_embedding(adata):

@@ -1,10 +1,14 @@
-"""Live loss curves of the model widget, drawn off the GUI thread.
+"""Live loss curves of the model widget, drawn off the GUI thread and out of the GUI process.
 
 Rebuilding a matplotlib figure with its whole history on the GUI thread took 0.2-0.5 s per epoch and
-froze the window during training. Here the figure lives in one background thread (matplotlib's Agg
-canvas, never touched by Qt); each render is an RGBA image handed to the GUI thread through a queued
-signal, where showing it is a pixmap swap (about a millisecond). Renders are coalesced: at most one
-runs at a time and at most one is pending, at most every ``MIN_INTERVAL_S``.
+froze the window during training; drawn in a background thread it still froze it, because matplotlib is
+mostly pure Python and that thread then shares the GIL with the GUI thread (a render of 0.2-0.5 s made the
+GUI thread wait for the GIL at each of its many Qt calls). So each render runs in one helper process (a
+``spawn`` process pool of one, shared by all canvases, started on the first render; matplotlib's Agg canvas,
+no Qt); a background thread of this process only waits for it and hands the RGBA image to the GUI thread
+through a queued signal, where showing it is a pixmap swap (about a millisecond). If the helper process
+cannot run, the thread draws itself. Renders are coalesced: at most one runs at a time and at most one is
+pending, at most every ``MIN_INTERVAL_S``.
 
 By default each network's panel shows the three series a user needs -- training total, validation total
 and validation reconstruction -- the others (adversary, class, KL, ...) behind the "all losses" box.
@@ -12,6 +16,8 @@ and validation reconstruction -- the others (adversary, class, KL, ...) behind t
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -32,10 +38,16 @@ def render_curves(curves: dict, width_px: int, height_px: int, show_all: bool = 
     per network, log-like y axis. Pure matplotlib (Agg), safe in any one thread."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    fig = Figure(figsize=(max(width_px, 50) / dpi, max(height_px, 50) / dpi), dpi=dpi, layout="constrained")
+    w, h = max(width_px, 50), max(height_px, 50)
+    fig = Figure(figsize=(w / dpi, h / dpi), dpi=dpi)
     canvas = FigureCanvasAgg(fig)
     models = list(curves) or ["training"]
+    # fixed margins in pixels (room for the tick labels, title and "epoch"): constrained layout measured
+    # every text twice and took half of each render
+    fig.subplots_adjust(left=min(34 / w, 0.3), right=1 - 6 / w, bottom=min(30 / h, 0.4), top=1 - min(16 / h, 0.2),
+                        wspace=min(40 * len(models) / w, 0.9))
     axes = fig.subplots(1, len(models), squeeze=False)[0]
     for ax, m in zip(axes, models):
         series = curves.get(m, {})
@@ -49,11 +61,53 @@ def render_curves(curves: dict, width_px: int, height_px: int, show_all: bool = 
         ax.set_title(m.upper(), fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
         ax.set_yscale("symlog", linthresh=1e-2)
+        # plain numbers: the log scale's default labels ($10^{-2}$) go through mathtext, whose pyparsing
+        # parser is slow pure Python (a render then held the GIL for tenths of a second beside the GUI thread)
+        ax.yaxis.set_major_formatter(FuncFormatter(_tick_text))
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.tick_params(labelsize=7)
         if keys:
             ax.legend(fontsize=6, loc="upper right")
     canvas.draw()
     return np.asarray(canvas.buffer_rgba()).copy()
+
+
+def _tick_text(value, _pos=None) -> str:
+    """A tick label without mathtext: 0.01, 0.1, 1, 10, 100, 1e+03, ..."""
+    return f"{value:g}"
+
+
+def _render_remote(curves, width_px, height_px, show_all):
+    """In the helper process: ``(render_curves(...), pid)``."""
+    return render_curves(curves, width_px, height_px, show_all), os.getpid()
+
+
+_PROCESS = {"pool": None}
+_PROCESS_LOCK = threading.Lock()
+
+
+def render_in_process(curves, width_px, height_px, show_all=False):
+    """``(image, pid)`` rendered in the shared helper process (started on first use, without re-running the
+    caller's main script); raises when that process cannot run (the caller then draws itself)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from napari_scmedal.train_process import without_main_module
+
+    with _PROCESS_LOCK:
+        if _PROCESS["pool"] is None:
+            _PROCESS["pool"] = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
+        pool = _PROCESS["pool"]
+        with without_main_module():  # the pool starts its process on the first submit
+            fut = pool.submit(_render_remote, curves, width_px, height_px, show_all)
+    try:
+        return fut.result(timeout=120)
+    except Exception:
+        with _PROCESS_LOCK:  # a broken pool (its process died): start a new one next time
+            if _PROCESS["pool"] is pool:
+                _PROCESS["pool"] = None
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
 
 
 class _Relay(QObject):
@@ -85,6 +139,7 @@ class LossCanvas(QWidget):
         self._relay = _Relay()
         self._relay.image.connect(self._show)
         self.renders = 0  # images shown (for tests and the event-loop benchmark)
+        self.render_pid = None  # the process that drew the last image (for tests)
         self.all_check.toggled.connect(lambda _: self.redraw(force=True))
         self.reset()
 
@@ -127,7 +182,10 @@ class LossCanvas(QWidget):
 
     def _render(self, curves, w, h, show_all):
         try:
-            img = render_curves(curves, w, h, show_all)
+            try:
+                img, self.render_pid = render_in_process(curves, w, h, show_all)
+            except Exception:  # no helper process: draw here (off the GUI thread, sharing its GIL)
+                img, self.render_pid = render_curves(curves, w, h, show_all), os.getpid()
         except Exception:  # a plot must never take the training down
             img = None
         self._relay.image.emit(img)
