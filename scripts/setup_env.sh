@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Create or reuse the virtual environment at .venv (repo root) with everything the
 # demo and the test suite need. Safe to run repeatedly: it skips work already done.
-#   bash scripts/setup_env.sh            # runtime + test extras (napari[qt], pytest)
-#   EXTRAS=test,bench bash scripts/setup_env.sh   # + benchmark-only packages
+#   bash scripts/setup_env.sh            # runtime + test extras (napari[qt], pytest) + harmony (harmonypy)
+#   EXTRAS=test,harmony,bench bash scripts/setup_env.sh   # + benchmark-only packages
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS="${EXTRAS:-test}"
+EXTRAS="${EXTRAS:-test,harmony}"
 PY="${PYTHON:-python3}"
 
 # 1. System libraries for Qt under Xvfb (GUI tests, screenshots, the demo's viewer).

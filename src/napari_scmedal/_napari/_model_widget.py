@@ -1,7 +1,9 @@
 """Dock widget: train, save and load an scMEDAL model; show its latents and metrics.
 
 The widget only gathers parameters and calls the core (:class:`napari_scmedal.ScMEDAL`,
-:mod:`napari_scmedal.metrics`) in worker threads; results become layers and a table.
+:mod:`napari_scmedal.metrics`) in worker threads -- training runs in a separate process
+(:mod:`napari_scmedal.train_process`), so it never holds this process's GIL; results become layers (one per
+event-loop turn) and a table.
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_scmedal.metrics import metric_goal
+from napari_scmedal.metrics import LATENT_NAMES as SHORT_NAMES
+from napari_scmedal.metrics import metric_goal, metrics_rows
 
-from ._common import (MODEL_KEY, Bridge, cells_layers, notify_error, notify_info, obs_columns, worker_finished,
-                      worker_started, scroll_root)
+from ._common import (MODEL_KEY, Bridge, StepRunner, cells_layers, notify_error, notify_info, obs_columns,
+                      worker_finished, worker_started, scroll_root)
 from ._health_view import TrainingReport
 from ._layers import ADATA_KEY, cells_layer_data, legend_layer_data, pca_2d
 from ._loss_canvas import LossCanvas
@@ -91,6 +94,8 @@ class ModelWidget(QWidget):
         self._pbar_model = None
         self._bridge = Bridge()
         self._bridge.message.connect(self._on_progress)
+        # a new model's report, latent layers and legend: one per event-loop turn (each layer takes 0.1-0.2 s)
+        self._layer_steps = StepRunner(self, budget_s=0, on_error=self._steps_failed)
 
         root = scroll_root(self)
         form = QFormLayout()
@@ -168,10 +173,15 @@ class ModelWidget(QWidget):
         self.color_combo.addItems(["batch", "label"])
         self.metrics_check = QCheckBox("compute metrics (METHOD section 4)")
         self.metrics_check.setChecked(True)
+        self.baselines_check = QCheckBox("compare with PCA / Harmony")
+        self.baselines_check.setToolTip("Also score PCA of the model's log-normalised genes and Harmony on that PCA "
+                                        "(batch = the model's batch key) on the same test cells, to judge the "
+                                        "correction. Harmony needs: pip install \"napari-scmedal[harmony]\".")
         self.target_combo = QComboBox()
         bl.addRow("colour latents by", self.color_combo)
         bl.addRow("RF target (batch-level)", self.target_combo)
         bl.addRow(self.metrics_check)
+        bl.addRow(self.baselines_check)
         self.metrics_table = QTableWidget(0, 0)
         self.metrics_table.setMinimumHeight(140)
         bl.addRow(self.metrics_table)
@@ -187,6 +197,7 @@ class ModelWidget(QWidget):
         self.save_btn.clicked.connect(self._save_dialog)
         self.load_btn.clicked.connect(self._load_dialog)
         self.color_combo.currentTextChanged.connect(self._recolor_latents)
+        self.baselines_check.toggled.connect(self._baselines_toggled)
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
         self._refresh_layers()
@@ -221,6 +232,7 @@ class ModelWidget(QWidget):
             "threads": self.threads_spin.value(),
             "color_by": self.color_combo.currentText(),
             "metrics": self.metrics_check.isChecked(),
+            "baselines": self.baselines_check.isChecked(),
         }
 
     def _restore(self):
@@ -246,6 +258,8 @@ class ModelWidget(QWidget):
                 combo.setCurrentText(s[key])
         if "metrics" in s:
             self.metrics_check.setChecked(bool(s["metrics"]))
+        if "baselines" in s:
+            self.baselines_check.setChecked(bool(s["baselines"]))
 
     def _update_grid(self):
         self.grid_label.setText(grid_text(self.genes_spin.value()))
@@ -327,7 +341,7 @@ class ModelWidget(QWidget):
         self._cancel = threading.Event()
         self.loss_canvas.reset()
         self.report.clear()
-        self.status_label.setText("Preparing data...")
+        self.status_label.setText("Starting the training process and preparing data...")
         bridge, cancel = self._bridge, self._cancel
 
         def _cancelled():  # the widget's Cancel, or the cancel button of the activity dock's progress bar
@@ -337,16 +351,19 @@ class ModelWidget(QWidget):
             return cancel.is_set()
 
         def _train():
-            from napari_scmedal.model import ScMEDAL
+            from napari_scmedal.train_process import train_in_subprocess
 
-            model = ScMEDAL(adata, **ctor)
-            # health problems are shown once, from model.health, when the model is ready (show_training_report)
-            model.train(progress=bridge.message.emit, cancel=_cancelled, health_warnings=False, **fit)
-            return model
+            # in a separate process (this one's GIL stays with the window); this thread only relays progress,
+            # cancel and the result. Health problems are shown once, from model.health, when the model is ready
+            # (show_training_report). The child also computes the latents shown as layers and their 2-D PCA.
+            latents = {}
+            model = train_in_subprocess(adata, ctor, dict(fit, health_warnings=False), progress=bridge.message.emit,
+                                        cancel=_cancelled, latents_out=latents)
+            return model, latents
 
-        self._run(_train, lambda model: self._on_trained(model, layer, cancel), training=True)
+        self._run(_train, lambda out: self._on_trained(out[0], layer, cancel, latents=out[1]), training=True)
 
-    def _on_trained(self, model, layer, cancel):
+    def _on_trained(self, model, layer, cancel, latents=None):
         """A training run ended. A cancelled run never replaces a model the user already has (its layers and
         file state stay as they were); without one, the cancelled run's best weights are used, as promised."""
         if cancel.is_set() and self.model is not None:
@@ -354,7 +371,7 @@ class ModelWidget(QWidget):
                                       "kept (nothing was replaced).")
             notify_info("Training cancelled: the previous model is kept.", self)
             return
-        self._on_model_ready(model, layer, "trained", cancelled=cancel.is_set())
+        self._on_model_ready(model, layer, "trained", cancelled=cancel.is_set(), latents=latents)
 
     def cancel(self):
         """Stop training after the current epoch; the best weights so far are kept."""
@@ -376,11 +393,16 @@ class ModelWidget(QWidget):
         self.status_label.setText(
             f"{m.upper()} epoch {ep} of ~{last} (early stopping; at most {info.get('max_epochs', '?')}), ETA {eta}"
             + (f"; val {vtxt}" if vtxt else ""))
-        if self._pbar is None or self._pbar_model != m:
-            self._close_pbar()
+        if self._pbar is None:
             # cancelable: the activity dock's cancel button sets is_canceled, which the worker's cancel check
             # polls (napari calls cancel_callback only for iterated bars, so none is given)
             self._pbar = cancelable_progress(total=last, desc=f"scMEDAL {m.upper()}")
+            self._pbar_model = m
+        elif self._pbar_model != m:
+            # one bar for the whole run, restarted for each network: napari builds a new activity-dock widget
+            # on the GUI thread for every new bar (the longest event-loop gap while training)
+            self._pbar.set_description(f"scMEDAL {m.upper()}")
+            self._pbar.n = 0
             self._pbar_model = m
         pbar = self._pbar  # napari may process events below; keep a local handle
         # the bar counts to the epoch early stopping is expected at (it moves when a new best appears), so
@@ -396,8 +418,8 @@ class ModelWidget(QWidget):
 
     @property
     def busy(self) -> bool:
-        """True while a training, loading, latent or metrics worker runs."""
-        return bool(self.workers)
+        """True while a training, loading, latent or metrics worker runs, or a model's layers are being added."""
+        return bool(self.workers) or self._layer_steps.active
 
     def _run(self, func, on_done, training=False):
         worker = create_worker(func, _start_thread=False, _ignore_errors=True)
@@ -411,9 +433,8 @@ class ModelWidget(QWidget):
                 self._close_pbar()
                 self.loss_canvas.redraw(force=True)
                 self.cancel_btn.setEnabled(False)
-            if not self.workers:
-                self.train_btn.setEnabled(True)
-                self.load_btn.setEnabled(True)
+            if not self.busy:
+                self._enable_buttons()
 
         def _err(exc):
             self.status_label.setText(f"Failed: {exc}")
@@ -429,6 +450,10 @@ class ModelWidget(QWidget):
         worker_started()
         worker.start()
         return worker
+
+    def _enable_buttons(self):
+        self.train_btn.setEnabled(True)
+        self.load_btn.setEnabled(True)
 
     # ------------------------------------------------------------------ save / load
     def _save_dialog(self):
@@ -488,18 +513,19 @@ class ModelWidget(QWidget):
             return
         self._on_model_ready(model, layer, how)
 
-    def _on_model_ready(self, model, layer, how, cancelled: bool = False):
+    def _on_model_ready(self, model, layer, how, cancelled: bool = False, latents=None):
+        """Use ``model`` with ``layer``: its report, latent layers (``latents`` ``{kind: (Z, 2-D PCA)}`` as the
+        training process computed them, else computed in a worker) and legend, added one per event-loop turn
+        (``busy`` until the last), then its metrics when checked."""
         old = self.model
         self.model = model
         self.model_layer = layer
         layer.metadata[MODEL_KEY] = model
-        self._remove_latent_layers(old)
         self.save_btn.setEnabled(True)
         stopped = " (cancelled: best weights kept)" if cancelled else ""
         if how == "trained" and not stopped and any(
                 (h or {}).get("stopped") == "max_time" for h in (getattr(model, "history", None) or {}).values()):
             stopped = " (time cap reached: best weights kept)"
-        self.show_training_report(model, how)
         self.status_label.setText(f"Model {how}{stopped}. Adding latent layers...")
         adata = layer.metadata[ADATA_KEY]
         kinds = list(getattr(model, "trained_kinds", None) or ["fe", "re"])
@@ -517,13 +543,31 @@ class ModelWidget(QWidget):
                 out[kind] = (np.asarray(Z), pca_2d(Z))
             return out
 
-        def _done(latents):
-            self._add_latent_layers(layer, model, latents)
-            self.status_label.setText(f"Model {how}{stopped}. Latent layers added.")
+        def _steps(latents):
+            yield self.show_training_report(model, how)  # its warning notification: a turn of its own
+            yield from self._remove_latent_layers(old, steps=True)
+            yield from self._latent_layer_steps(layer, model, latents)
+
+        def _added():
+            self.status_label.setText(f"Model {how}{stopped}. All latent layers added.")
+            if not self.workers:
+                self._enable_buttons()
             if want_metrics:
                 self.compute_metrics()
 
-        self._run(_latents, _done)
+        def _done(latents):
+            self._layer_steps.start(_steps(latents), _added)
+
+        if latents is None:
+            self._run(_latents, _done)
+        else:
+            _done(latents)
+
+    def _steps_failed(self, exc):
+        self.status_label.setText(f"Failed: {exc}")
+        notify_error(exc, self)
+        if not self.busy:
+            self._enable_buttons()
 
     def show_training_report(self, model, how="provided"):
         """Show the model's training settings and health (read from ``model.derived`` / ``model.health``);
@@ -539,21 +583,33 @@ class ModelWidget(QWidget):
             return recipe.label_key
         return recipe.batch_key
 
-    def _remove_latent_layers(self, model):
+    def _remove_latent_layers(self, model, steps: bool = False):
         """Remove the latent layers of a replaced model (e.g. its FEC/RE layers when the new model has only FE),
-        so that no layer offers a stale model to the explorer."""
-        if model is None:
-            return
-        for ly in list(self.viewer.layers):
-            if ly.metadata.get(MODEL_KEY) is model and (ly.metadata.get("latent") is not None
-                                                        or ly.metadata.get("scmedal_legend")):
-                self.viewer.layers.remove(ly)
-        self.latent_layers = [ly for ly in getattr(self, "latent_layers", []) if ly in self.viewer.layers]
+        so that no layer offers a stale model to the explorer. ``steps=True``: a generator removing one layer
+        per step (see :class:`._common.StepRunner`)."""
+        def _gen():
+            if model is None:
+                return
+            for ly in list(self.viewer.layers):
+                if ly.metadata.get(MODEL_KEY) is model and (ly.metadata.get("latent") is not None
+                                                            or ly.metadata.get("scmedal_legend")):
+                    if ly in self.viewer.layers:
+                        self.viewer.layers.remove(ly)
+                    yield
+            self.latent_layers = [ly for ly in getattr(self, "latent_layers", []) if ly in self.viewer.layers]
 
-    def _add_latent_layers(self, layer, model, latents):
+        if steps:
+            return _gen()
+        for _ in _gen():
+            pass
+        return None
+
+    def _latent_layer_steps(self, layer, model, latents):
+        """Generator adding one latent layer per step, side by side right of the cells layer, then the legend."""
         adata = layer.metadata[ADATA_KEY]
         color = self._color_key(model)
         self.latent_layers = []
+        x = layer.extent.world[1][1]
         for kind, (Z, Y) in latents.items():
             name = f"{layer.name} | {LATENT_NAMES[kind]}"
             data, kwargs, _ = cells_layer_data(
@@ -565,12 +621,10 @@ class ModelWidget(QWidget):
                 self.viewer.layers.remove(name)
             new = self.viewer.add_points(data, **kwargs)
             self.latent_layers.append(new)
-        # place latents side by side to the right of the cells layer
-        x = layer.extent.world[1][1]
-        for ly in self.latent_layers:
-            (y0, x0), (y1, x1) = ly.extent.world
-            ly.translate = (layer.extent.world[0][0] - y0, x + 0.1 * (x1 - x0) - x0)
-            x = ly.extent.world[1][1]
+            (y0, x0), (y1, x1) = new.extent.world
+            new.translate = (layer.extent.world[0][0] - y0, x + 0.1 * (x1 - x0) - x0)
+            x = new.extent.world[1][1]
+            yield
         self._show_legend(layer, model)
 
     def _show_legend(self, layer, model):
@@ -607,26 +661,44 @@ class ModelWidget(QWidget):
         model, adata = self.model, self.model_layer.metadata[ADATA_KEY]
         target = self.target_combo.currentText()
         target = None if target in ("", NONE_LABEL) else target
+        baselines = self._baselines()
         self.status_label.setText(self.status_label.text() + " Computing metrics...")
 
         def _metrics():
             from napari_scmedal.metrics import evaluate_model
 
-            return evaluate_model(model, "test", adata=adata, target=target)
+            return evaluate_model(model, "test", adata=adata, target=target, baselines=baselines)
 
         def _show(result):
             self.metrics = result
-            self._fill_table(metrics_rows(result))
+            self._fill_table(table_rows(metrics_rows(result)))
             self.status_label.setText(self.status_label.text().replace(" Computing metrics...", " Metrics ready."))
 
         return self._run(_metrics, _show)
 
+    def _baselines(self) -> tuple:
+        """The baselines to score: none unless checked; PCA alone (with a warning naming the extra to install)
+        when harmonypy is missing."""
+        if not self.baselines_check.isChecked():
+            return ()
+        from napari_scmedal.errors import DataError
+        from napari_scmedal.metrics import check_baselines
+
+        try:
+            return check_baselines(("pca", "harmony"))
+        except DataError as exc:
+            self.last_warning = str(exc)
+            show_warning(f"{exc} Showing PCA only.")
+            return ("pca",)
+
+    def _baselines_toggled(self, _checked=False):
+        if self.model is not None and self.model_layer is not None and self.metrics_check.isChecked() \
+                and not self.busy:
+            self.compute_metrics()
+
     def _fill_table(self, rows):
-        header = ["latent", "by", "better", "1/DB", "CH", "ASW"]
-        if any("accuracy" in r for r in rows):
-            header.append("accuracy")
-        for r in rows:
-            r.setdefault("better", metric_goal(r.get("latent", ""), r.get("by", "")))
+        header = [c for c in TABLE_COLUMNS if c in ("latent", "by", "better", "1/DB", "CH", "ASW")
+                  or any(c in r for r in rows)]
         self.metrics_table.setRowCount(len(rows))
         self.metrics_table.setColumnCount(len(header))
         self.metrics_table.setHorizontalHeaderLabels(header)
@@ -634,7 +706,10 @@ class ModelWidget(QWidget):
             for j, key in enumerate(header):
                 v = row.get(key, "")
                 text = f"{v:.3f}" if isinstance(v, (float, np.floating)) else str(v)
-                self.metrics_table.setItem(i, j, QTableWidgetItem(text))
+                item = QTableWidgetItem(text)
+                if key == "better" and row.get("better_tip"):
+                    item.setToolTip(row["better_tip"].rstrip())
+                self.metrics_table.setItem(i, j, item)
         for j, key in enumerate(header):
             tip = METRIC_TIPS.get(key)
             if tip:
@@ -644,28 +719,51 @@ class ModelWidget(QWidget):
 
 #: What each metric column means (header tooltips).
 METRIC_TIPS = {
-    "better": "Which direction is good for this row: batch scores should be LOW for FE/FEC (batch removed) and "
-              "HIGH for RE (batch captured); cell-type scores HIGH (types kept apart).",
+    "better": "Which direction is good for this row's 1/DB, CH and ASW: batch scores should be LOW for FE/FEC and the "
+              "PCA/Harmony baselines (batch removed) and HIGH for RE (batch captured); cell-type scores HIGH (types "
+              "kept apart). iLISI runs the other way (hover a cell for each metric).",
     "1/DB": "Inverse Davies-Bouldin index: higher = groups more separated.",
     "CH": "Calinski-Harabasz index: higher = groups more separated.",
     "ASW": "Average silhouette width (-1..1): higher = groups more separated; near 0 = mixed.",
-    "accuracy": "Random-forest accuracy predicting the target from the latent (chance: the largest class share).",
+    "iLISI": "Scaled integration LISI by batch (0..1): 1 = every cell's 90 nearest neighbours mix all batches evenly, "
+             "0 = they come from its own batch. HIGHER = batches mixed (wanted for FE, FEC, PCA, Harmony; RE should "
+             "stay low).",
+    "cLISI": "Scaled cell-type LISI (0..1): 1 = every cell's neighbours share its label, 0 = labels fully mixed. "
+             "Higher = types kept apart.",
+    "NMI": "Normalised mutual information between the labels and k-means clusters (one per label): 1 = the "
+           "clusters are the labels.",
+    "ARI": "Adjusted Rand index between the labels and the same k-means clusters: 1 = identical, ~0 = unrelated.",
+    "accuracy": "Random-forest accuracy predicting the target from the latent: mean over stratified k folds of the "
+                "test cells (or over held-out batches).",
+    "95% CI": "95% t-interval of the mean accuracy over the folds.",
+    "chance": "Accuracy of a majority-class dummy classifier on the same folds: the level to beat.",
 }
+#: Table columns in display order (metric columns appear when present).
+TABLE_COLUMNS = ["latent", "by", "better", "1/DB", "CH", "ASW", "iLISI", "cLISI", "NMI", "ARI", "accuracy",
+                 "95% CI", "chance"]
+_COLUMN_OF = {"inv_db": "1/DB", "ch": "CH", "asw": "ASW", "ilisi": "iLISI", "clisi": "cLISI", "nmi": "NMI",
+              "ari": "ARI"}
 
 
-def metrics_rows(result) -> list[dict]:
-    """Flatten :func:`napari_scmedal.metrics.evaluate_model` output into table rows."""
-    rows = []
-    for kind, scores in (result.get("latents") or {}).items():
-        for by in ("batch", "label"):
-            sc = (scores or {}).get(by)
-            if sc:
-                rows.append({"latent": kind.upper(), "by": by, "1/DB": sc["inv_db"], "CH": sc["ch"],
-                             "ASW": sc["asw"]})
-    cls = result.get("classification")
-    if cls:
-        for key in ("fe", "re", "fe+re"):
-            if key in cls:
-                rows.append({"latent": key.upper(), "by": f"RF accuracy, {cls.get('target')}",
-                             "accuracy": float(cls[key])})
-    return rows
+def table_rows(rows) -> list[dict]:
+    """Arrange :func:`napari_scmedal.metrics.metrics_rows` (one row per metric) as the widget's table: one row
+    per latent and grouping, one column per metric (:data:`TABLE_COLUMNS`)."""
+    out: dict = {}
+    for r in rows:
+        kind, grouping = r["latent"], str(r["grouping"])
+        name = SHORT_NAMES.get(kind, str(kind).upper())
+        if grouping.startswith("classify:"):
+            by = f"RF accuracy, {grouping.split(':', 1)[1]}"
+            row = out.setdefault((kind, by), {"latent": name, "by": by, "better": "higher"})
+            row["accuracy"] = float(r["value"])
+            lo, hi = r.get("ci_low", float("nan")), r.get("ci_high", float("nan"))
+            if lo == lo and hi == hi:
+                row["95% CI"] = f"{lo:.3f}-{hi:.3f}"
+            row["chance"] = float(r.get("chance", float("nan")))
+        elif r["metric"] in _COLUMN_OF:
+            row = out.setdefault((kind, grouping), {"latent": name, "by": grouping,
+                                                    "better": metric_goal(kind, grouping), "better_tip": ""})
+            col = _COLUMN_OF[r["metric"]]
+            row[col] = r["value"]
+            row["better_tip"] += f"{col}: {r.get('better') or metric_goal(kind, grouping, r['metric'])}\n"
+    return list(out.values())
