@@ -8,6 +8,10 @@ Two analyses of counterfactual genomaps (METHOD.md section 5):
 * :func:`pixel_test` / :func:`counterfactual_group_test`: per pixel, a Mann-Whitney U test between
   the counterfactual genomaps of two user-chosen groups of batches, Benjamini-Hochberg correction
   over the tested pixels, significant pixels mapped back to genes and drawn as a boolean overlay.
+  Mann-Whitney treats every genomap (cell, or cell x counterfactual batch) as an independent sample.
+* :func:`mixed_model_pixels` / :func:`mixed_model_test` / :func:`counterfactual_mixed_model_test`
+  (in :mod:`napari_scmedal.lmm`, re-exported here): per pixel ``value ~ group + (1 | batch)`` for
+  designs where the batch (donor) is the independent unit and the group a batch attribute.
 
 Everything here is vectorised numpy / scipy (``scipy.stats.mannwhitneyu`` with ``axis``); images
 are ``(..., rows, cols)`` float arrays with NaN on empty pixels.  The gene under each pixel comes
@@ -28,6 +32,7 @@ from scipy import stats
 
 from ._utils import atomic_output
 from .errors import DataError
+from .lmm import MixedModelCancelled, counterfactual_mixed_model_test, mixed_model_pixels, mixed_model_test
 
 __all__ = [
     "gene_grid",
@@ -39,8 +44,17 @@ __all__ = [
     "PixelTestResult",
     "pixel_test",
     "counterfactual_group_test",
+    "mixed_model_pixels",
+    "mixed_model_test",
+    "counterfactual_mixed_model_test",
+    "MixedModelCancelled",
     "write_csv",
 ]
+
+TEST_DESCRIPTIONS = {
+    "mannwhitney": "Mann-Whitney U per pixel (every genomap treated as an independent sample)",
+    "mixedlm": "Mixed model per pixel, value ~ group + (1 | batch) (batches as independent units)",
+}
 
 TOP_GENE_COLUMNS = ["gene", "row", "col", "std"]
 
@@ -208,7 +222,8 @@ class PixelTestResult:
     ``table`` has one row per tested pixel: ``gene, row, col, mean_a, mean_b, diff (mean_b -
     mean_a), statistic, p, q, significant``, sorted by ``q`` then ``p``.  ``significant`` is the
     boolean ``(rows, cols)`` overlay (q < alpha), ``q``/``p`` the corresponding images (NaN on
-    untested pixels).
+    untested pixels).  ``test`` is ``"mannwhitney"`` (``statistic`` = U) or ``"mixedlm"``
+    (:func:`mixed_model_test`: ``diff`` = the model's group coefficient, ``statistic`` = its z).
     """
 
     table: pd.DataFrame
@@ -223,6 +238,11 @@ class PixelTestResult:
     n_b: int = 0
     test: str = "mannwhitney"
     meta: dict = field(default_factory=dict)
+
+    @property
+    def description(self) -> str:
+        """The test in plain words, for titles and reports (says what it treats as independent)."""
+        return TEST_DESCRIPTIONS.get(self.test, self.test)
 
     @property
     def significant_genes(self) -> pd.DataFrame:
@@ -243,6 +263,9 @@ def pixel_test(
     names: tuple[str, str] = ("A", "B"),
 ) -> PixelTestResult:
     """Per-pixel Mann-Whitney U between two samples of genomaps, BH-corrected.
+
+    Every genomap is treated as an independent sample: with cell-level genomaps of a few donors
+    (batches) that overstates the evidence; :func:`mixed_model_test` models the batch instead.
 
     ``group_a``: ``(n_a, rows, cols)``, ``group_b``: ``(n_b, rows, cols)``.  Pixels that are empty
     (NaN) or constant over both groups are not tested (their q is NaN and they are never
