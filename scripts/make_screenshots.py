@@ -132,6 +132,45 @@ def main(argv=None):
     ex._on_mouse_move(viewer, SimpleNamespace(position=pos))
     shot("05_hover.png")
 
+    # 4b. find genes (marked on every tile, their values in a table) and a pasted gene set (outlined, scored)
+    from qtpy.QtCore import QPoint, Qt
+
+    panel = ex.gene_panel
+    genes = {str(g) for g in comp.layout.genes}
+    width = dock.width()
+    win.resizeDocks([dock], [560], Qt.Orientation.Horizontal)  # room for the tables' columns
+    pump()
+    ex.focus()
+
+    def scroll_to(widget):  # vertically only: the dock's content is wider than the dock
+        ex.scroll_area.verticalScrollBar().setValue(widget.mapTo(ex.scroll_area.widget(), QPoint(0, 0)).y() - 8)
+
+    marked = [str(top["gene"])] + [g for g in ("MGP", "KRT19", "VIM", "CDH1") if g in genes][:1]
+    panel.search_edit.setText(", ".join(marked))
+    panel.mark()
+    scroll_to(panel)
+    shot("09_gene_search.png")
+    interferon = ["IFIT1", "IFIT2", "IFIT3", "ISG15", "MX1", "MX2", "OASL", "OAS1", "IFI6", "IFI27", "IFI44L",
+                  "IFITM3", "RIGI", "IFIH1", "DDX60", "SAMD9L", "GBP1", "GBP2", "STAT1", "IRF7", "PSMB8", "B2M",
+                  "HLA-A", "HLA-B", "HLA-E", "HLA-F", "NMI", "LY6E", "CD274"]
+    panel.clear()
+    panel.paste_edit.setPlainText(", ".join(interferon))
+    panel.use_paste_btn.click()
+    wait(panel, "gene-set scores")
+    scroll_to(panel.load_btn)
+    y, x = ex.tile_origin("Original")  # zoomed on the first tiles: the outline along the pixels' edges
+    viewer.camera.center = (y + comp.n_rows * (comp.shape[0] + 2) / 2, x + 1.5 * comp.shape[1] + 8)
+    viewer.camera.zoom *= 3
+    shot("10_gene_set.png")
+    ex.focus()
+    panel.clear_set()
+    panel.search_edit.clear()
+    panel.paste_edit.clear()
+    ex.scroll_area.verticalScrollBar().setValue(0)
+    win.resizeDocks([dock], [width], Qt.Orientation.Horizontal)
+    pump()
+    ex.focus()
+
     # 5. average a group, selected in the cells layer
     cells = viewer.layers["CellBench sample"]
     feats = cells.features

@@ -319,15 +319,16 @@ def test_explorer_layers_shapes_colormaps_limits(make_napari_viewer, qtbot, trai
     for i, a in enumerate(boxes):
         for b in boxes[i + 1:]:
             assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
-    # own batch framed: one rectangle per row, on the tile of that row's batch
+    # own batch framed: one frame (four edge segments) per row, on the tile of that row's batch
     own = viewer.layers["genomap | own batch"]
-    assert len(own.data) == 2
+    assert len(own.data) == 2 * 4
     for r in range(2):
         tile = viewer.layers[tile_layer_name(counterfactual_name(comp.row_batches[r]))]
         ty, tx = tile.translate[-2:]
-        rect = own.data[r]
-        assert rect[:, 1].min() == pytest.approx(tx - 0.5)
-        assert rect[:, 0].min() == pytest.approx(ty + r * 18 - 0.5)
+        ends = np.concatenate([own.data[4 * r:4 * r + 4, 0], own.data[4 * r:4 * r + 4].sum(axis=1)])
+        assert ends[:, 1].min() == pytest.approx(tx - 0.5)
+        assert ends[:, 0].min() == pytest.approx(ty + r * 18 - 0.5)
+        assert ends[:, 0].max() - ends[:, 0].min() == pytest.approx(16)  # the tile's height (16 x 16 genomaps)
     # top genes: marked points and the list
     assert ex.top_list.count() == 10
     assert comp.top_genes_overall["gene"].iloc[0] in ex.top_list.item(0).text()
@@ -341,7 +342,7 @@ def test_explorer_layers_shapes_colormaps_limits(make_napari_viewer, qtbot, trai
     assert len(viewer.layers) == n_layers
     assert viewer.layers["Original | genomap"].data.shape == (16, 16)
     assert ex.comparison.scale == "zscore"
-    assert len(viewer.layers["genomap | own batch"].data) == 1
+    assert len(viewer.layers["genomap | own batch"].data) == 4  # one frame
 
     # fewer target batches: the counterfactual layers of the others are removed
     for i in range(ex.targets_list.count()):
@@ -453,6 +454,8 @@ def test_open_viewer_shows_model_latents_and_comparison(qtbot, trained):
         assert viewer.layers["cells"].metadata["scmedal_model"] is model
         assert viewer.layers["Original | genomap"].data.shape == (34, 16)
         qtbot.waitUntil(lambda: "cells | RE latent" in viewer.layers, timeout=TIMEOUT_MS)
+        _, mw = viewer.window.add_plugin_dock_widget(PLUGIN, "scMEDAL model")  # the docked one
+        qtbot.waitUntil(lambda: not mw.busy, timeout=TIMEOUT_MS)  # layers are added one per turn, then metrics
     finally:
         from superqt.utils import WorkerBase
 

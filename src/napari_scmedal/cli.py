@@ -441,14 +441,15 @@ def _parse_cells(values) -> list:
 
 
 def write_comparison_outputs(comp, out: Path, stem: str, formats: Sequence[str], dpi: int,
-                             gene_labels: int, columns=None, title=None) -> dict[str, list[str]]:
-    """Arrays (.npz), panel figure(s), per-row and overall top-gene CSVs of one comparison."""
+                             gene_labels: int, columns=None, title=None, figure_kw=None) -> dict[str, list[str]]:
+    """Arrays (.npz), panel figure(s), per-row and overall top-gene CSVs of one comparison
+    (``figure_kw``: more arguments of comparison_figure, e.g. highlighted genes and a gene set)."""
     from .analysis import write_csv
     from .figures import comparison_figure, save_figure
 
     files: dict[str, list[str]] = {"arrays": [], "figures": [], "tables": []}
     files["arrays"].append(comp.save_npz(out / f"{stem}.npz"))
-    fig = comparison_figure(comp, columns=columns, gene_labels=gene_labels, title=title)
+    fig = comparison_figure(comp, columns=columns, gene_labels=gene_labels, title=title, **(figure_kw or {}))
     for fmt in formats:
         files["figures"].append(save_figure(fig, out / f"{stem}.{fmt}", dpi=dpi))
     top = comp.top_genes.copy()
@@ -459,11 +460,12 @@ def write_comparison_outputs(comp, out: Path, stem: str, formats: Sequence[str],
     return files
 
 
-def _pixel_test_outputs(comp, batches_a, batches_b, out: Path, stem: str, names, formats, dpi, alpha):
-    from .analysis import counterfactual_group_test
+def _pixel_test_outputs(comp, batches_a, batches_b, out: Path, stem: str, names, formats, dpi, alpha,
+                        method="mannwhitney", dist="normal"):
     from .figures import pixel_test_figure, save_figure
+    from .lmm import counterfactual_pixel_test
 
-    res = counterfactual_group_test(comp, batches_a, batches_b, alpha=alpha, names=names)
+    res = counterfactual_pixel_test(comp, batches_a, batches_b, method=method, alpha=alpha, names=names, dist=dist)
     files = [res.to_csv(out / f"{stem}.csv"), res.to_csv(out / f"{stem}_significant.csv", significant_only=True)]
     import numpy as np
 
@@ -471,7 +473,7 @@ def _pixel_test_outputs(comp, batches_a, batches_b, out: Path, stem: str, names,
     with atomic_output(overlay) as tmp:
         np.savez_compressed(tmp, significant=res.significant, q=res.q, p=res.p, diff=res.diff)
     files.append(str(overlay))
-    fig = pixel_test_figure(res, title=f"Mann-Whitney U per pixel, counterfactuals to {names[1]} vs {names[0]}: "
+    fig = pixel_test_figure(res, title=f"{res.description}, counterfactuals to {names[1]} vs {names[0]}: "
                                        f"{int(res.significant.sum())} significant pixel(s), BH q < {alpha:g}")
     for fmt in formats:
         files.append(save_figure(fig, out / f"{stem}.{fmt}", dpi=dpi))
@@ -496,6 +498,12 @@ def cmd_genomap(args, con: _Console) -> int:
     if not args.cells and not args.group:
         raise UsageError("Choose cells with --cells NAME_OR_INDEX ... or a group with --group KEY=VALUE[,KEY=VALUE].")
     batches = _split_list(args.batches) or None
+    from .genesets import gene_outputs, gene_request
+
+    genes = gene_request(model, getattr(adata, "var", None), _split_list(args.highlight), args.gene_set,
+                         args.gene_set_name)  # unknown genes fail here, before any work
+    for line in genes.notes():
+        con.say(line)
     if getattr(model, "layout", None) is None:
         con.say("the model has no genomap layout yet: computing one on this data (Gromov-Wasserstein); "
                 "it is written to layout.json (the model file is not changed)")
@@ -519,11 +527,14 @@ def cmd_genomap(args, con: _Console) -> int:
         cells_for_test.extend(idx.tolist())
     comp = comps[0] if len(comps) == 1 else stack_comparisons(comps)
     con.say(f"{comp.n_rows} row(s) x {len(comp.names)} versions, {comp.shape[0]}x{comp.shape[1]} genomaps")
+    gene_files, figure_kw = gene_outputs(comp, genes, out, "genomaps", model=model, adata=adata)
     files = write_comparison_outputs(comp, out, "genomaps", formats, args.dpi, args.gene_labels,
-                                     columns=_split_list(args.columns) or None, title=args.title)
+                                     columns=_split_list(args.columns) or None, title=args.title,
+                                     figure_kw=figure_kw)
+    files["tables"].extend(gene_files)
     summary = {"rows": comp.row_titles, "versions": comp.names, "files": files,
                "expression_limits": comp.expression_limits, "difference_limits": comp.difference_limits,
-               "scale": comp.scale}
+               "scale": comp.scale, **genes.summary()}
     if args.test:
         a, b = (_split_list([x]) for x in args.test)
         import numpy as np
@@ -531,9 +542,11 @@ def cmd_genomap(args, con: _Console) -> int:
         test_cells = np.unique(np.asarray(cells_for_test, dtype=np.int64))
         cf = compare_cells(model, test_cells, target_batches=list(dict.fromkeys(a + b)), adata=adata,
                            scale=args.scale)
-        res, tfiles = _pixel_test_outputs(cf, a, b, out, "pixel_test", ("A", "B"), formats, args.dpi, args.alpha)
-        con.say(f"Mann-Whitney U: {int(res.significant.sum())} significant pixel(s) of {len(res.table)} tested")
-        summary["pixel_test"] = {"batches_a": a, "batches_b": b, "n_significant": int(res.significant.sum()),
+        res, tfiles = _pixel_test_outputs(cf, a, b, out, "pixel_test", ("A", "B"), formats, args.dpi, args.alpha,
+                                          method=args.test_method, dist=args.test_dist)
+        con.say(f"{res.description}: {int(res.significant.sum())} significant pixel(s) of {len(res.table)} tested")
+        summary["pixel_test"] = {"method": res.test, "dist": res.meta.get("dist"), "batches_a": a, "batches_b": b,
+                                 "n_significant": int(res.significant.sum()),
                                  "files": tfiles}
     _write_json(out / "genomaps.json", summary)
     con.say(f"wrote {len(files['figures']) + len(files['tables']) + 2} files to {out}")
@@ -543,50 +556,41 @@ def cmd_genomap(args, con: _Console) -> int:
 # ----------------------------------------------------------------------------------------------
 # evaluate
 # ----------------------------------------------------------------------------------------------
-def metrics_rows(table: dict) -> list[dict]:
-    """Flatten evaluate_model's table into CSV rows: latent, grouping, metric, value."""
-    rows = []
-    for kind, scores in (table.get("latents") or {}).items():
-        for grouping, vals in (scores or {}).items():
-            if not vals:
-                continue
-            for metric, value in vals.items():
-                rows.append({"split": table.get("split"), "latent": kind, "grouping": grouping,
-                             "metric": metric, "value": value})
-    cls = table.get("classification")
-    if cls:
-        for k in ("fe", "re", "fe+re"):
-            if k in cls:
-                rows.append({"split": table.get("split"), "latent": k, "grouping": f"classify:{cls.get('target')}",
-                             "metric": f"accuracy ({cls.get('protocol')})", "value": cls[k]})
-    return rows
-
-
 def _write_metrics(table: dict, out: Path) -> list[str]:
     import pandas as pd
 
     from .analysis import write_csv
+    from .metrics import metrics_rows
 
+    cols = ["split", "latent", "grouping", "metric", "value", "better", "ci_low", "ci_high", "chance", "n_folds"]
     return [str(_write_json(out / "metrics.json", table)),
-            write_csv(pd.DataFrame(metrics_rows(table), columns=["split", "latent", "grouping", "metric", "value"]),
-                      out / "metrics.csv")]
+            write_csv(pd.DataFrame(metrics_rows(table), columns=cols), out / "metrics.csv")]
 
 
 def cmd_evaluate(args, con: _Console) -> int:
-    from .metrics import evaluate_model
+    from .metrics import LATENT_NAMES, check_baselines, evaluate_model
+
+    args.baselines = check_baselines(args.baselines)  # unknown names, missing harmonypy: before loading anything
 
     model, model_path = _load_model(args.model, args, health=False)  # the full health report follows below
     adata, data_path = _read_data(args.data, layer=args.layer, backed=args.backed)
     out = _check_output_dir(args.out, [data_path, model_path])
     con.say(f"evaluating on the {args.split} split (METHOD.md section 4)")
     table = evaluate_model(model, args.split, subsample=args.subsample, seed=args.seed, target=args.target,
-                           held_out_batches=args.held_out_batches, adata=adata)
+                           held_out_batches=args.held_out_batches, adata=adata, baselines=args.baselines)
     table["health"] = model.health  # the training health stored in the model file
     files = _write_metrics(table, out)
     for kind, s in table["latents"].items():
         b = s["batch"]
-        con.say(f"{kind.upper():4s} batch ASW {b['asw']:+.3f}"
-                + (f", label ASW {s['label']['asw']:+.3f}" if s.get("label") else ""))
+        con.say(f"{LATENT_NAMES.get(kind, kind.upper()):7s} batch ASW {b['asw']:+.3f}, iLISI {b['ilisi']:.3f}"
+                + (f"; label ASW {s['label']['asw']:+.3f}, cLISI {s['label']['clisi']:.3f}, "
+                   f"NMI {s['label']['nmi']:.3f}" if s.get("label") else ""))
+    cls = table.get("classification")
+    if cls:
+        ci = cls.get("ci") or {}
+        con.say(f"classify {cls['target']} ({cls['protocol']}, {cls['n_folds']} fold(s)): "
+                + ", ".join(f"{k.upper()} {cls[k]:.3f}" + (f" [{ci[k][0]:.3f}, {ci[k][1]:.3f}]" if k in ci else "")
+                            for k in ("fe", "re", "fe+re")) + f"; chance {cls['chance']:.3f}")
     report_health(model.health, con)
     con.say(f"wrote {', '.join(files)}")
     return 0
@@ -890,12 +894,14 @@ def _training_html(model) -> str:
 def _report_html(summary, table, panels, res, formats, model) -> str:
     import pandas as pd
 
+    from .metrics import metrics_rows
+
     e = html.escape
     img_ext = "png" if "png" in formats else formats[0]
     rows = pd.DataFrame(metrics_rows(table))
     metrics_html = "<p>No metrics.</p>"
     if len(rows):
-        names = {"asw": "ASW", "inv_db": "1/DB", "ch": "CH"}
+        names = {"asw": "ASW", "inv_db": "1/DB", "ch": "CH", "ilisi": "iLISI", "clisi": "cLISI", "nmi": "NMI"}
         sc = rows[rows["metric"].isin(list(names))].copy()
         sc["metric"] = sc["metric"].map(names)
         sc["latent"] = sc["latent"].str.upper()
@@ -904,7 +910,9 @@ def _report_html(summary, table, panels, res, formats, model) -> str:
         cl = rows[rows["grouping"].str.startswith("classify:")]
         if len(cl):
             target = cl["grouping"].iloc[0].split(":", 1)[1]
-            acc = ", ".join(f"{k.upper()} {v:.3f}" for k, v in zip(cl["latent"], cl["value"]))
+            acc = ", ".join(f"{k.upper()} {v:.3f}" + ("" if lo != lo else f" (95% CI {lo:.3f}-{hi:.3f})")
+                            for k, v, lo, hi in zip(cl["latent"], cl["value"], cl["ci_low"], cl["ci_high"]))
+            acc += f"; chance (majority class) {cl['chance'].iloc[0]:.3f}"
             metrics_html += (f"<p>Random-forest classification of <code>{e(target)}</code> from the latents "
                              f"({e(cl['metric'].iloc[0])}): {acc}. Every batch is seen in training, so this "
                              "mostly measures batch recognition (METHOD.md section 4).</p>")
@@ -1061,12 +1069,27 @@ def build_parser() -> argparse.ArgumentParser:
                     help="pixel values: log1p expression or per-gene z-scores (default log1p)")
     gm.add_argument("--columns", nargs="+", metavar="VERSION", help="versions to draw (default: all)")
     gm.add_argument("--gene-labels", type=int, default=10, help="label this many top genes (0: none; default 10)")
+    gm.add_argument("--highlight", action="append", metavar="GENE[,GENE...]",
+                    help="mark these genes on every tile and write their value in every version to "
+                         "genomaps_gene_values.csv (symbols or Ensembl IDs; repeatable)")
+    gm.add_argument("--gene-set", metavar="FILE[:SETNAME]",
+                    help="outline a gene set's pixels on every tile and write its mean z-score per version (and its "
+                         "change in each counterfactual) to genomaps_set_scores.csv; FILE: .txt (genes), .csv/.tsv "
+                         "(a gene column) or .gmt (choose the set with :SETNAME or --gene-set-name)")
+    gm.add_argument("--gene-set-name", metavar="SETNAME", help="the set to use from a --gene-set file holding several")
     gm.add_argument("--title", default=None, help="figure title")
     gm.add_argument("--formats", default="png", help="figure formats, comma-separated: png,svg,pdf,tif (default png)")
     gm.add_argument("--dpi", type=int, default=200, help="figure resolution (default 200)")
     gm.add_argument("--test", nargs=2, metavar=("BATCHES_A", "BATCHES_B"),
                     help="per-pixel Mann-Whitney U between counterfactuals to two groups of batches "
                          "(comma-separated), on the selected cells")
+    gm.add_argument("--test-method", choices=["mannwhitney", "mixedlm"], default="mannwhitney",
+                    help="--test's model: mannwhitney (every cell x batch genomap independent; default) or "
+                         "mixedlm (value ~ group + (1 | batch): each batch in BATCHES_A is group A, in BATCHES_B "
+                         "group B; needs 2+ batches per group)")
+    gm.add_argument("--test-dist", choices=["normal", "t"], default="normal",
+                    help="mixedlm p-values: normal (statsmodels' z-test; default) or t with n_batches - 2 degrees "
+                         "of freedom (better calibrated with few batches)")
     gm.add_argument("--alpha", type=float, default=0.05, help="FDR level for --test (default 0.05)")
     gm.add_argument("--layer", default=None)
     gm.add_argument("--size-factor-key", default=None, metavar="OBS_COLUMN",
@@ -1086,6 +1109,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--target", default=None, help="obs column to classify from FE, RE and FE+RE latents")
     ev.add_argument("--held-out-batches", action="store_true",
                     help="classify with whole batches held out (the fairer protocol)")
+    ev.add_argument("--baselines", default="", metavar="pca,harmony",
+                    help="also score these baseline latents on the same cells: pca (PCA of the model's "
+                         "log-normalised genes) and/or harmony (Harmony on that PCA; needs napari-scmedal[harmony])")
     ev.add_argument("--subsample", type=int, default=10000, help="cells per score (default 10000)")
     ev.add_argument("--layer", default=None)
     ev.add_argument("--size-factor-key", default=None, metavar="OBS_COLUMN",

@@ -6,7 +6,9 @@ difference images share a diverging colour scale centred on zero (RdBu_r) and th
 bar; both bars sit under the columns they apply to and are labelled with the units.  The
 counterfactual to a row's own batch is framed.  Optionally the genes varying most across the
 counterfactual batches are circled on every tile and named, with leader lines, in a label column
-to the right of each row.
+to the right of each row.  Chosen genes can be highlighted (black rings on every tile, named first in
+that column) and a gene set outlined on every tile, with its score under each tile
+(:mod:`napari_scmedal._figure_marks`, :mod:`napari_scmedal.genesets`).
 
 Panels are laid out for their physical size: by default a full-page 180 mm wide panel (narrower
 when there are few columns: tiles are capped at 50 mm), its height following from the number
@@ -35,6 +37,7 @@ from ._figure_text import (DEFAULT_WIDTH_MM, FONT_PT, MAX_TILE_MM, MIN_FONT_PT, 
                            TIGHT_PAD, TITLE_PT, FigureFormatError, _bar_block_height, _check_size, _colorbar,
                            _fit_column_titles, _Meter, _new_figure, _place_bars, _spread, _wrap, display_name,
                            short_name)
+from ._figure_marks import HIGHLIGHT_COLOR, TileMarks
 from ._utils import atomic_output
 
 __all__ = [
@@ -70,6 +73,10 @@ def comparison_figure(
     size: tuple[float, float | None] | None = None,
     dpi: int = 100,
     rows: Sequence[int] | None = None,
+    highlight: Sequence[str] | str | None = None,
+    gene_set: Sequence[str] | None = None,
+    gene_set_name: str | None = None,
+    set_scores=None,
 ) -> Figure:
     """Grid figure of a comparison, laid out for its physical size.
 
@@ -88,6 +95,15 @@ def comparison_figure(
         50 mm), height derived.  Fonts stay >= 6 pt whatever the size.
     dpi : figure resolution (pixels per inch on screen; :func:`save_figure` chooses the file's).
     rows : which rows to draw (default all).
+    highlight : genes to mark with a ring on every tile, named (in black, before the top genes) in
+        the gene-label column beside each row; layout gene names (resolve other identifiers with
+        :func:`~napari_scmedal.genesets.resolve_genes`).  Unknown names raise
+        :class:`~napari_scmedal.genesets.GeneNotFoundError` with close names.
+    gene_set : genes whose pixels are outlined (one outline of their union) on every tile; names
+        not in the layout are left out (the note says how many are shown).
+    gene_set_name : the set's name, for the note under the panel.
+    set_scores : :func:`~napari_scmedal.genesets.set_scores` of the set, written under each tile
+        (computed here for a z-scored comparison when not given; a log1p comparison needs it).
     """
     names = list(comparison.images) if columns is None else list(columns)
     unknown = [c for c in names if c not in comparison.images]
@@ -108,6 +124,7 @@ def comparison_figure(
     n_r, n_c = len(row_ids), len(names)
     kinds = [comparison.kinds[c] for c in names]
     top = getattr(comparison, "top_genes", None)
+    marks = TileMarks(comparison, highlight, gene_set, gene_set_name, set_scores)
     sel = {}
     if n_labels and top is not None and len(top):
         for r in row_ids:
@@ -116,13 +133,14 @@ def comparison_figure(
                 s = s.sort_values("rank", kind="stable")
             if len(s):
                 sel[r] = s.head(n_labels)
+    sel = marks.label_rows(sel, row_ids)  # highlighted genes first (named first), then the top genes
     units = getattr(comparison, "units", "expression")
     bar_labels = {"expression": units, "difference": f"difference ({units})"}
     bar_kinds = [k for k in ("expression", "difference") if k in kinds]
 
     meter = _Meter()
     W = given_w if given_w is not None else DEFAULT_WIDTH_MM * MM
-    hgap, vgap = 1.2 * MM, 1.2 * MM
+    hgap, vgap = 1.2 * MM, 1.2 * MM + marks.score_height
     n_pix_r, n_pix_c = comparison.shape
     aspect = n_pix_r / max(n_pix_c, 1)  # tile height / width: square pixels
 
@@ -179,7 +197,7 @@ def comparison_figure(
         label_ws = [lw for _, lw in sorted(label_ws)]
         bar_h = max((_bar_block_height(meter, [bar_labels[k]], lw) for k, lw in zip(bar_kinds, label_ws)),
                     default=0.0)
-        return th, col, bars, label_ws, bar_h
+        return th, col, bars, label_ws, bar_h + marks.score_height
 
     th, col, bars, label_ws, bar_h = vertical_layout(tile_w)
     lh_gene = meter.size("Ag", SMALL_PT)[1] * 1.1  # one gene label, with a little air
@@ -222,14 +240,16 @@ def comparison_figure(
         notes.append("Orange frame: counterfactual to the row's own batch.")
     if col[3]:
         notes.append("CF: counterfactual; recon.: reconstruction.")
+    notes.extend(marks.notes())
 
     def note_lines(caps):
         gene_note = []
-        if sel:
-            n_max = max(len(s) for s in sel.values())
-            shown = [min(c, len(sel[r])) for c, r in zip(caps, row_ids) if r in sel]
+        n_hl = len(marks.genes)
+        if sel and max(len(s) for s in sel.values()) > n_hl:
+            n_max = max(len(s) for s in sel.values()) - n_hl
+            shown = [max(0, min(c, len(sel[r])) - n_hl) for c, r in zip(caps, row_ids) if r in sel]
             txt = f"Red circles: the {n_max} genes varying most across the counterfactuals in each row"
-            if any(k < len(sel[r]) for k, r in zip(shown, [r for r in row_ids if r in sel])):
+            if any(k < len(sel[r]) - n_hl for k, r in zip(shown, [r for r in row_ids if r in sel])):
                 k = f"{min(shown)}" if min(shown) == max(shown) else f"{min(shown)} to {max(shown)}"
                 txt += f"; the top {k} named (all {n_max}: the comparison's top-genes table)"
             gene_note = [txt + "."]
@@ -282,6 +302,7 @@ def comparison_figure(
     ims = {}
     axes = np.empty((n_r, n_c), dtype=object)
     shown = []
+    mark_artists: list = []
     caps = capacities()
     for i, r in enumerate(row_ids):
         own = comparison.own_batch_column(r)
@@ -314,9 +335,10 @@ def comparison_figure(
                     sp.set_edgecolor(OWN_BATCH_COLOR)
                     sp.set_linewidth(2.5)
             if r in sel:
-                s = sel[r]
+                s = sel[r][sel[r]["mark"] == "top"]
                 ax.scatter(s["col_px"], s["row_px"], s=marker_d ** 2, facecolors="none",
                            edgecolors=GENE_COLOR, linewidths=0.6, clip_on=False)
+            mark_artists.extend(marks.draw(fig, ax, r, name, comparison.kinds[name], px_pt, (x0, y0, tile_w, th)))
         # gene names beside the row, never overlapping, with elbow leader lines to the last tile
         if r in sel:
             s = sel[r].head(caps[i])
@@ -332,18 +354,20 @@ def comparison_figure(
             ys = _spread([my[k] for k in order], lh_gene, y0 - below + lh_gene / 2,
                          y0 + th + above - lh_gene / 2)
             genes = [str(g) for g in s["gene"]]
+            hl = (s["mark"] == "highlight").to_numpy()
             for k, yk in zip(order, ys):
+                color = HIGHLIGHT_COLOR if hl[k] else GENE_COLOR
                 ax.text((gx1 + leader) / W, yk / H, genes[k], transform=fig.transFigure, ha="left",
-                        va="center", fontsize=SMALL_PT, color=GENE_COLOR, clip_on=False)
-                r_in = marker_d / 2 / 72
+                        va="center", fontsize=SMALL_PT, color=color, clip_on=False)
+                r_in = (marks.ring_diameter(px_pt) if hl[k] else marker_d) / 2 / 72
                 xs = [mx[k] + r_in, gx1 + 1.0 * MM, gx1 + leader - 0.6 * MM]
                 if xs[0] >= xs[1]:
                     xs[0] = xs[1]
                 fig.add_artist(Line2D([x / W for x in xs], [my[k] / H, my[k] / H, yk / H],
-                                      transform=fig.transFigure, color=GENE_COLOR, lw=0.4, alpha=0.85,
+                                      transform=fig.transFigure, color=color, lw=0.4, alpha=0.85,
                                       solid_joinstyle="round", solid_capstyle="round"))
     # colour bars under the columns they apply to
-    bar_y = grid_top - n_r * th - (n_r - 1) * vgap - 1.8 * MM - 2.0 * MM
+    bar_y = grid_top - n_r * th - (n_r - 1) * vgap - 1.8 * MM - 2.0 * MM - marks.score_height
     for k, (c, w), lw in zip(bar_kinds, bars, label_ws):
         c += x_off
         _colorbar(fig, ims[k], ((c - w / 2) / W, bar_y / H, w / W, 2.0 * MM / H), bar_labels[k], lw, meter)
@@ -355,6 +379,7 @@ def comparison_figure(
     fig._scmedal_axes = axes  # for callers/tests that want the image axes grid
     fig._scmedal_fitted = True  # laid out to fill its size: save as is, no tight cropping
     fig._scmedal_gene_labels_shown = shown
+    fig._scmedal_marks = mark_artists  # rings, outlines, gene names and set scores drawn on the tiles
     return fig
 
 
@@ -381,11 +406,13 @@ def pixel_test_figure(result, background: np.ndarray | None = None, title: str |
         W = 2 * PAD + gap + 2 * pw
     pw = max(pw, 2 * MM)
     n_sig = int(np.asarray(result.significant, dtype=bool).sum())
-    title = title or (f"Mann-Whitney U per pixel: {n_sig} significant pixel(s) "
-                      f"(n={result.n_a} vs {result.n_b})")
+    test_name = getattr(result, "description", "Mann-Whitney U per pixel")
+    title = title or f"{test_name}: {n_sig} significant pixel(s) (n={result.n_a} vs {result.n_b})"
     sup = _wrap(meter, title, TITLE_PT, W - 2 * PAD)[0]
     sup_h = meter.size(sup, TITLE_PT)[1] + 1.5 * MM
-    titles = [f"mean {result.group_b} \u2212 mean {result.group_a}",
+    coef = getattr(result, "test", "") == "mixedlm"  # the model's coefficient, not a raw mean difference
+    titles = [f"{result.group_b} \u2212 {result.group_a} (model coefficient)" if coef
+              else f"mean {result.group_b} \u2212 mean {result.group_a}",
               ("genomap" if background is not None else "\u2212log10 q")
               + f"; grey: not significant (q \u2265 {result.alpha:g})"]
     titles = [_wrap(meter, t, FONT_PT, pw)[0] for t in titles]

@@ -28,7 +28,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from napari.layers import Image, Points, Shapes
+from napari.layers import Image, Points, Vectors
 from napari.qt.threading import create_worker
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
@@ -65,6 +65,8 @@ TITLES_LAYER = PREFIX + "titles"
 ROWS_LAYER = PREFIX + "row titles"
 OWN_LAYER = PREFIX + "own batch"
 TOP_LAYER = PREFIX + "top genes"
+MARKS_LAYER = PREFIX + "marked genes"  # the gene panel's layers (_gene_panel.py)
+SET_LAYER = PREFIX + "gene set"
 STACK_KEY = "scmedal_genomap_stack"
 STACK_CHUNK_CELLS = 64  # cells per chunk (one model call) of an all-cells stack
 STACK_CACHE_CHUNKS = 4  # chunks an all-cells stack keeps: 4 x 64 x 54 x 54 x 4 B = 3 MB at most
@@ -173,6 +175,12 @@ def tile_layer_name(name: str) -> str:
     return name + LAYER_SUFFIX
 
 
+def frame_segments(top, left, height, width) -> np.ndarray:
+    """The four edges of a rectangle as napari Vectors data ``(4, 2, 2)``: ``[start (y, x), direction]``."""
+    return np.array([[[top, left], [0, width]], [[top + height, left], [0, width]],
+                     [[top, left], [height, 0]], [[top, left + width], [height, 0]]], dtype=float)
+
+
 def label_quadrants(top_genes, shape) -> set:
     """Positions (0-based, in table order) of the top genes named on the canvas: per row of the comparison,
     the best-ranked gene in each quadrant of the tile, so at most four names per tile, one per region."""
@@ -261,6 +269,14 @@ class GenomapExplorer(QWidget):
         self.top_list = QListWidget()
         self.top_list.setMaximumHeight(170)
         root.addWidget(self.top_list)
+        from ._gene_panel import GenePanel  # imports this module's names
+
+        self.gene_panel = GenePanel(self)
+        root.addWidget(self.gene_panel)
+        from ._test_panel import PixelTestPanel
+
+        self.test_panel = PixelTestPanel(self)
+        root.addWidget(self.test_panel)
         # all cells: one lazy image stack with a slider over cells
         root.addWidget(QLabel("All cells (one image stack, a slider over cells, computed on demand):"))
         srow = QHBoxLayout()
@@ -504,13 +520,16 @@ class GenomapExplorer(QWidget):
 
         return self._launch(_work, _show, self.workers, self.compute_btn, _then)
 
-    def _launch(self, work, on_result, pool: list, button, then=None):
+    def _launch(self, work, on_result, pool: list, button, then=None, on_error=None):
         """Run ``work`` in a thread_worker: ``on_result`` gets its result, errors become a notification and
-        the status line, ``button`` is disabled meanwhile, ``then()`` runs when it has finished."""
+        the status line (or go to ``on_error(exc)``), ``button`` is disabled meanwhile, ``then()`` runs when it
+        has finished."""
         worker = create_worker(work, _start_thread=False, _ignore_errors=True)
         pool.append(worker)
 
         def _err(exc):
+            if on_error is not None:
+                return on_error(exc)
             self.status_label.setText(f"Failed: {exc}")
             notify_error(exc, self)
 
@@ -653,6 +672,8 @@ class GenomapExplorer(QWidget):
             return
         if self._applying is not None:  # a newer comparison replaces one still being applied
             self._applying[0].close()
+        else:
+            worker_started()  # layers being applied count as plugin work (GIL interval, collector frozen)
         self._applying = (steps, on_done)
         self._apply_some()
         if self._applying is not None:
@@ -668,15 +689,18 @@ class GenomapExplorer(QWidget):
             while time.perf_counter() - t0 < self.APPLY_BUDGET_S:
                 next(steps)
         except StopIteration:
-            self._applying = None
-            self._apply_timer.stop()
+            self._end_apply()
             if on_done is not None:
                 on_done()
         except Exception as exc:  # a layer update failed: say so, never leave "Computing..." behind
-            self._applying = None
-            self._apply_timer.stop()
+            self._end_apply()
             self.status_label.setText(f"Failed: {exc}")
             notify_error(exc, self)
+
+    def _end_apply(self):
+        self._applying = None
+        self._apply_timer.stop()
+        worker_finished()
 
     def _comparison_steps(self, comp):
         """Generator of the layer changes that show ``comp`` (one layer per step)."""
@@ -725,7 +749,7 @@ class GenomapExplorer(QWidget):
             yield
         for ly in list(self.viewer.layers):
             if ly.metadata.get(GENOMAP_KEY) and ly.name not in wanted and ly.name not in (
-                    TITLES_LAYER, ROWS_LAYER, OWN_LAYER, TOP_LAYER):
+                    TITLES_LAYER, ROWS_LAYER, OWN_LAYER, TOP_LAYER, MARKS_LAYER, SET_LAYER):
                 self.viewer.layers.remove(ly)
         self.layers = {k: v for k, v in self.layers.items() if v in self.viewer.layers}
         yield
@@ -737,6 +761,8 @@ class GenomapExplorer(QWidget):
             f"{n} row(s) x {len(comp.names)} images of {R} x {C} pixels ({comp.units}); "
             f"expression range {comp.expression_limits[0]:.2f} to {comp.expression_limits[1]:.2f}, "
             f"differences +/-{comp.difference_limits[1]:.2f}.")
+        yield from self.gene_panel.comparison_steps(comp)  # marked genes and gene set follow the comparison
+        self.test_panel.comparison_shown(comp)  # offers the new target batches; an old test result is hidden
 
     def _colorbar(self, ly, name, comp):
         """One colour bar per scale on the canvas: the first expression tile's (shared viridis scale, top right)
@@ -779,11 +805,9 @@ class GenomapExplorer(QWidget):
                 ly.text = kwargs["text"]
             ly.visible = True
             return ly
-        if isinstance(ly, Shapes) and adder == self.viewer.add_shapes:
-            ly.selected_data = set()
-            ly.data = []
-            ly.add_rectangles(list(data), edge_color=kwargs.get("edge_color"),
-                              face_color=kwargs.get("face_color"), edge_width=kwargs.get("edge_width"))
+        if isinstance(ly, Vectors) and adder == self.viewer.add_vectors:
+            ly.data = data
+            ly.metadata.update(kwargs["metadata"])
             ly.visible = True
             return ly
         if ly is not None:
@@ -831,8 +855,9 @@ class GenomapExplorer(QWidget):
             text={"string": "{title}", "size": 7, "color": "white", "anchor": "lower_right"},
         )
         yield
-        # frame around each row's own-batch counterfactual
-        rects = []
+        # frame around each row's own-batch counterfactual: four edge segments per row in one Vectors layer (a
+        # Shapes layer costs a one-time triangulation compile of ~1 s the first time one is created)
+        frames = []
         for r in range(comp.n_rows):
             own = comp.own_batch_column(r)
             if own is None or own not in pos:
@@ -840,10 +865,10 @@ class GenomapExplorer(QWidget):
             band, col = pos[own]
             top = y0 + band * (band_h + BAND_GAP) + r * (R + ROW_GAP) - 0.5
             left = x0 + col * (C + TILE_GAP) - 0.5
-            rects.append(np.array([[top, left], [top + R, left + C]]))
-        if rects:
-            self._replace_layer(OWN_LAYER, self.viewer.add_shapes, rects, shape_type="rectangle",
-                                edge_color="yellow", face_color="transparent", edge_width=1.5)
+            frames.append(frame_segments(top, left, R, C))
+        if frames:
+            self._replace_layer(OWN_LAYER, self.viewer.add_vectors, np.concatenate(frames), edge_color="yellow",
+                                edge_width=1.0, vector_style="line", opacity=1.0)
             yield
         else:
             self._hide_layer(OWN_LAYER)

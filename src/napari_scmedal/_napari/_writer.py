@@ -2,8 +2,9 @@
 
 napari routes a save here only for file names ending in ``.genomap.tif``, ``.genomap.tiff`` or
 ``.genomap.npy`` (napari.yaml): an ordinary ``.tif`` of an ordinary image goes to napari's own writer.
-The selection may mix the explorer's image, points and shapes layers: the annotation layers (titles,
-frames, top-gene marks) are skipped, and an image layer that is not a genomap tile is refused by name.
+The selection may mix the explorer's image, points, shapes and vectors layers: the annotation layers (titles,
+frames, top-gene and marked-gene marks, gene-set outline) are skipped, and an image layer that is not a
+genomap tile is refused by name.
 
 The stack has shape ``(n_layers, height, width)`` (float32; empty pixels NaN) in the order the
 layers were selected. The sidecar ``<file>.genomap.json`` records each layer's name and kind, the
@@ -48,8 +49,8 @@ def is_genomap_layer_data(meta: dict) -> bool:
 
 
 def write_genomaps(path: str, layer_data: list) -> list[str]:
-    """Write genomap image layers (``(data, meta, layer_type)`` tuples; points and shapes annotation layers
-    are skipped) as a stack plus sidecar; return the paths."""
+    """Write genomap image layers (``(data, meta, layer_type)`` tuples; points, shapes and vectors annotation
+    layers are skipped) as a stack plus sidecar; return the paths."""
     path = Path(path)
     layer_data = [t for t in layer_data if t[2] == "image"]
     if not layer_data:
