@@ -7,7 +7,6 @@ import pytest
 
 pytest.importorskip("napari")
 
-from napari_scmedal.datasets import cellbench  # noqa: E402
 
 pytestmark = pytest.mark.gui
 PLUGIN = "napari-scmedal"

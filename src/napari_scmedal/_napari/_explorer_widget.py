@@ -42,7 +42,6 @@ from qtpy.QtWidgets import (
     QListWidget,
     QPushButton,
     QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
 

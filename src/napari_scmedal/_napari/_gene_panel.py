@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from napari.layers import Vectors
 from napari.utils.notifications import show_warning
 from qtpy.QtCore import QStringListModel, Qt
 from qtpy.QtWidgets import (
@@ -32,7 +31,7 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from ._explorer_widget import GENOMAP_KEY, MARKS_LAYER, SET_LAYER, row_title, short_title
+from ._explorer_widget import MARKS_LAYER, SET_LAYER, row_title, short_title
 from ._layers import ADATA_KEY
 
 MARK_COLOR = "#ff8000"  # orange rings: apart from viridis, RdBu_r, the white top-gene rings and the set's outline
@@ -181,15 +180,9 @@ class GenePanel(QGroupBox):
 
     def _tiles(self, comp):
         """``[(image name, world (y, x) of row r's top-left pixel)]`` for every tile and row shown."""
-        out = []
-        for name in comp.names:
-            ly = self.ex.layers.get(name)
-            if ly is None or ly not in self.viewer.layers:
-                continue
-            y, x = self.ex.tile_origin(name)
-            step = comp.shape[0] + int(ly.metadata.get("gap", 2))
-            out.extend((name, (y + r * step, x)) for r in range(comp.n_rows))
-        return out
+        from ._test_panel import tile_row_origins
+
+        return tile_row_origins(self.ex, comp)
 
     # ------------------------------------------------------------------ marked genes
     def mark(self):
@@ -374,24 +367,12 @@ class GenePanel(QGroupBox):
             if SET_LAYER in self.viewer.layers:
                 self.viewer.layers[SET_LAYER].visible = False
             return
-        from napari_scmedal.genesets import gene_set_mask, outline_segments
+        from napari_scmedal.genesets import gene_set_mask
 
-        segs = outline_segments(gene_set_mask(comp.layout, genes))
-        one = np.stack([segs[:, 0], segs[:, 1] - segs[:, 0]], axis=1)  # napari vectors: start, direction
-        origins = np.asarray([o for _, o in self._tiles(comp)], dtype=float).reshape(-1, 2)
-        data = np.tile(one, (len(origins), 1, 1))
-        data[:, 0] += np.repeat(origins, len(one), axis=0)
-        meta = {GENOMAP_KEY: True, "gene_set": self.set_name, "genes": list(genes)}
-        ly = self.viewer.layers[SET_LAYER] if SET_LAYER in self.viewer.layers else None
-        if isinstance(ly, Vectors):
-            ly.data = data
-            ly.metadata.update(meta)
-            ly.visible = True
-        else:
-            if ly is not None:
-                self.viewer.layers.remove(ly)
-            self.viewer.add_vectors(data, name=SET_LAYER, edge_color=SET_COLOR, edge_width=SET_EDGE_WIDTH,
-                                    vector_style="line", opacity=1.0, metadata=meta)
+        from ._test_panel import outline_on_tiles
+
+        outline_on_tiles(self.ex, gene_set_mask(comp.layout, genes), SET_LAYER, SET_COLOR, edge_width=SET_EDGE_WIDTH,
+                         meta={"gene_set": self.set_name, "genes": list(genes)})
         self._score(comp, genes)
 
     def _score(self, comp, genes):
