@@ -260,9 +260,9 @@ def test_explorer_applies_layers_incrementally_and_workers_shorten_the_gil_inter
     ex.compute()
     assert sys.getswitchinterval() == pytest.approx(min(WORKER_SWITCH_INTERVAL, before))
     assert gc.get_freeze_count() > 0
-    qtbot.waitUntil(lambda: ex._applying is not None or ex.comparison is not None, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: ex._runner.active or ex.comparison is not None, timeout=TIMEOUT_MS)
     turns, frozen = [], []
-    ex._apply_timer.timeout.connect(lambda: (turns.append(1), frozen.append(gc.get_freeze_count())))
+    ex._runner.timer.timeout.connect(lambda: (turns.append(1), frozen.append(gc.get_freeze_count())))
     qtbot.waitUntil(lambda: not ex.busy, timeout=TIMEOUT_MS)
     assert len(turns) >= 3  # spread over several event-loop turns, not one long block
     # frozen while the layers were applied, after the worker had ended (the last turn unfreezes before the

@@ -45,7 +45,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._common import MODEL_KEY, cells_layers, model_layers, notify_error, worker_finished, worker_started, scroll_root
+from ._common import (MODEL_KEY, StepRunner, cells_layers, model_layers, notify_error, scroll_root, worker_finished,
+                      worker_started)
 from ._genomap_layer import GenomapImage, gene_under
 from ._layers import ADATA_KEY
 from ._settings import load_settings, save_settings
@@ -209,10 +210,8 @@ class GenomapExplorer(QWidget):
         self.last_seconds = None  # wall time of the last compute, selection to layers
         self.workers = []
         self._pending = False
-        self._applying = None  # the generator applying a comparison to the layers, a few per event-loop turn
-        self._apply_timer = QTimer(self)
-        self._apply_timer.setInterval(0)
-        self._apply_timer.timeout.connect(self._apply_some)
+        # applies a comparison to the layers a few per event-loop turn
+        self._runner = StepRunner(self, budget_s=self.APPLY_BUDGET_S, on_error=self._apply_failed)
         self._origin = None  # world (y, x) of the top-left tile, kept across recomputes
         self._watched = set()
 
@@ -451,7 +450,7 @@ class GenomapExplorer(QWidget):
     @property
     def busy(self):
         """True while a comparison is computed or its layers are still being applied."""
-        return bool(self.workers) or self._applying is not None
+        return bool(self.workers) or self._runner.active
 
     def _on_selection_changed(self, layer):
         if (self.auto_check.isChecked() and self.mode_combo.currentText() == MODES[2]
@@ -513,7 +512,7 @@ class GenomapExplorer(QWidget):
             self.show_comparison(comp, incremental=True, on_done=_done)
 
         def _then():
-            if self._pending and self._applying is None:
+            if self._pending and not self._runner.active:
                 self._pending = False
                 self.compute()
 
@@ -669,37 +668,12 @@ class GenomapExplorer(QWidget):
             if on_done is not None:
                 on_done()
             return
-        if self._applying is not None:  # a newer comparison replaces one still being applied
-            self._applying[0].close()
-        else:
-            worker_started()  # layers being applied count as plugin work (GIL interval, collector frozen)
-        self._applying = (steps, on_done)
-        self._apply_some()
-        if self._applying is not None:
-            self._apply_timer.start()
+        self._runner.start(steps, on_done)  # a newer comparison replaces one still being applied
 
-    def _apply_some(self):
-        if self._applying is None:
-            self._apply_timer.stop()
-            return
-        steps, on_done = self._applying
-        t0 = time.perf_counter()
-        try:
-            while time.perf_counter() - t0 < self.APPLY_BUDGET_S:
-                next(steps)
-        except StopIteration:
-            self._end_apply()
-            if on_done is not None:
-                on_done()
-        except Exception as exc:  # a layer update failed: say so, never leave "Computing..." behind
-            self._end_apply()
-            self.status_label.setText(f"Failed: {exc}")
-            notify_error(exc, self)
-
-    def _end_apply(self):
-        self._applying = None
-        self._apply_timer.stop()
-        worker_finished()
+    def _apply_failed(self, exc):
+        """A layer update failed: say so, never leave "Computing..." behind."""
+        self.status_label.setText(f"Failed: {exc}")
+        notify_error(exc, self)
 
     def _comparison_steps(self, comp):
         """Generator of the layer changes that show ``comp`` (one layer per step)."""
