@@ -20,10 +20,11 @@ def _dist_names(reqs):
     return [re.split(r"[\[<>=!~ ;]", r, maxsplit=1)[0].strip().lower() for r in reqs]
 
 
-def _imports(files):
+def _imports(files, top_level_only: bool = False):
     mods = set()
     for f in files:
-        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+        tree = ast.parse(f.read_text(encoding="utf-8"))
+        for node in (tree.body if top_level_only else ast.walk(tree)):
             if isinstance(node, ast.Import):
                 mods |= {a.name.split(".")[0] for a in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -39,8 +40,14 @@ def test_core_dependencies_are_exactly_what_the_core_imports():
     core_files = [f for f in SRC.rglob("*.py") if "_napari" not in f.parts]
     core_imports = _imports(core_files)
     declared = {MODULE_OF.get(d, d) for d in _dist_names(_project()["dependencies"])}
+    # optional analysis extras (harmonypy): imported only inside the functions that need them, so the core
+    # imports without them and says which extra to install
+    optional = {MODULE_OF.get(d, d) for d in _dist_names(_project()["optional-dependencies"]["harmony"])}
     assert not declared - core_imports, f"declared but never imported by the core: {declared - core_imports}"
-    assert not core_imports - declared, f"imported by the core but not declared: {core_imports - declared}"
+    assert not core_imports - declared - optional, \
+        f"imported by the core but not declared: {core_imports - declared - optional}"
+    top_level = _imports(core_files, top_level_only=True)
+    assert not top_level & optional, f"optional extras imported at module level: {top_level & optional}"
     assert not declared & {"qtpy", "superqt", "magicgui", "napari", "pyqt5", "pyqt6", "pyside2", "pyside6"}
 
 
