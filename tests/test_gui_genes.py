@@ -6,6 +6,8 @@ import pytest
 
 pytest.importorskip("napari")
 
+from test_gui_defects import _compute_cells, _explorer  # noqa: E402  (the one copy of these GUI-test steps)
+
 pytestmark = pytest.mark.gui
 PLUGIN = "napari-scmedal"
 TIMEOUT_MS = 180_000
@@ -16,22 +18,6 @@ SET = "genomap | gene set"
 @pytest.fixture
 def trained(sample_model):
     return sample_model
-
-
-def _explorer(make_napari_viewer, trained):
-    model, _ = trained
-    viewer = make_napari_viewer(show=True)
-    (cells,) = viewer.open_sample(PLUGIN, "cellbench")
-    cells.metadata["scmedal_model"] = model
-    _, ex = viewer.window.add_plugin_dock_widget(PLUGIN, "Genomap explorer")
-    return viewer, cells, ex
-
-
-def _compute_cells(ex, qtbot, indices):
-    ex.mode_combo.setCurrentText("cell indices")
-    ex.indices_edit.setText(indices)
-    ex.compute()
-    qtbot.waitUntil(lambda: not ex.busy and ex.comparison is not None, timeout=TIMEOUT_MS)
 
 
 def _idle(ex, qtbot):
