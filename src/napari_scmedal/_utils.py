@@ -125,3 +125,13 @@ def atomic_output(path, suffix: str | None = None) -> Iterator[str]:
             os.close(dfd)
     except OSError:  # pragma: no cover - some filesystems refuse a folder fsync
         pass
+
+
+def is_cancelled(cancel) -> bool:
+    """``cancel`` is None, an object with ``is_set()`` (e.g. ``threading.Event``) or a callable returning True
+    to stop: the one check every cancellable loop uses (training, held-out runs, the mixed model)."""
+    if cancel is None:
+        return False
+    if hasattr(cancel, "is_set"):
+        return bool(cancel.is_set())
+    return bool(cancel())

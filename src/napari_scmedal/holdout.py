@@ -34,6 +34,7 @@ import time
 import numpy as np
 import pandas as pd
 
+from ._utils import is_cancelled
 from .errors import DataError
 
 __all__ = ["counterfactual_holdout", "score_counterfactual", "shift_prediction", "synthetic_truth",
@@ -224,14 +225,6 @@ def _split_settings(settings: dict) -> tuple[dict, dict]:
     return ctor, {k: v for k, v in settings.items() if k in train_params}
 
 
-def _cancelled(cancel) -> bool:
-    if cancel is None:
-        return False
-    if hasattr(cancel, "is_set"):
-        return bool(cancel.is_set())
-    return bool(cancel())
-
-
 def _health_ok(model):
     flags = [h.get("ok") for h in (getattr(model, "health", None) or {}).values() if isinstance(h, dict)]
     if any(f is False for f in flags):
@@ -285,7 +278,7 @@ def counterfactual_holdout(adata, batch_key, label_key, pairs=None, min_cells: i
     rows: list[dict] = []
     t_all = time.perf_counter()
     for i, (L, T) in enumerate(pairs):
-        if _cancelled(cancel):
+        if is_cancelled(cancel):
             break
         held = (lab == L) & (bat == T)
         src = (lab == L) & (bat != T)
@@ -300,7 +293,7 @@ def counterfactual_holdout(adata, batch_key, label_key, pairs=None, min_cells: i
         model = ScMEDAL(adata[train_idx].copy(), batch_key=batch_key, label_key=label_key, seed=seed, **ctor_kw)
         model.train(progress=fwd, cancel=cancel, **train_kw)
         train_s = time.perf_counter() - t0
-        if _cancelled(cancel):
+        if is_cancelled(cancel):
             break
         genes = list(model.genes)
         X = model.recipe.transform(adata).X_log.astype(np.float64)

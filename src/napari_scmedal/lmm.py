@@ -197,7 +197,7 @@ def _fit_profile(d: _Design, means, within):
 # ----------------------------------------------------------------------------------------------
 def _fit_pixels(images, groups, batches, layout, reference, chunk_pixels, progress, cancel):
     from .analysis import _grid_for
-    from .holdout import _cancelled  # the project's Event-or-callable check (torch-free)
+    from ._utils import is_cancelled
 
     a = np.asarray(images)
     if a.ndim != 3:
@@ -213,7 +213,7 @@ def _fit_pixels(images, groups, batches, layout, reference, chunk_pixels, progre
     t0 = time.perf_counter()
     fit = _fit_balanced if d.balanced else _fit_profile
     for start in range(0, n_pix, step):
-        if _cancelled(cancel):
+        if is_cancelled(cancel):
             raise MixedModelCancelled(f"Cancelled after {start} of {n_pix} pixels; nothing was returned.")
         sl = slice(start, min(start + step, n_pix))
         y = np.asarray(flat[:, sl], dtype=np.float64)

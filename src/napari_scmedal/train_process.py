@@ -140,7 +140,7 @@ def train_in_subprocess(adata, model_kwargs: dict | None = None, train_kwargs: d
     that dies raises :class:`~napari_scmedal.errors.ScMEDALError` naming its exit code or signal.
     """
     from .model import ScMEDAL
-    from .models.training import is_cancelled
+    from ._utils import is_cancelled
 
     model_kwargs, train_kwargs = dict(model_kwargs or {}), dict(train_kwargs or {})
     if threads is None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._utils import is_cancelled
 from ..errors import TrainingError
 from ..nn import clipped_cross_entropy, refresh_bn_stats
 from .networks import AE, FE, RE
@@ -102,14 +102,6 @@ def resolve_device(device=None) -> torch.device:
         raise TrainingError(f"device {device!r} was requested but CUDA is not available in this PyTorch "
                             f"build; use device='cpu' (or None to choose automatically).")
     return dev
-
-
-def is_cancelled(cancel) -> bool:
-    if cancel is None:
-        return False
-    if isinstance(cancel, threading.Event):
-        return cancel.is_set()
-    return bool(cancel())
 
 
 def _mse(x, x_hat):
