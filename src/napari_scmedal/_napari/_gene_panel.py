@@ -180,7 +180,7 @@ class GenePanel(QGroupBox):
 
     def _tiles(self, comp):
         """``[(image name, world (y, x) of row r's top-left pixel)]`` for every tile and row shown."""
-        from ._test_panel import tile_row_origins
+        from ._tile_overlays import tile_row_origins
 
         return tile_row_origins(self.ex, comp)
 
@@ -369,7 +369,7 @@ class GenePanel(QGroupBox):
             return
         from napari_scmedal.genesets import gene_set_mask
 
-        from ._test_panel import outline_on_tiles
+        from ._tile_overlays import outline_on_tiles
 
         outline_on_tiles(self.ex, gene_set_mask(comp.layout, genes), SET_LAYER, SET_COLOR, edge_width=SET_EDGE_WIDTH,
                          meta={"gene_set": self.set_name, "genes": list(genes)})
