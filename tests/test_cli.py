@@ -203,6 +203,21 @@ def test_evaluate_writes_csv_and_json(tiny, tmp_path, capsys):
     assert {"latent", "grouping", "metric", "value"} <= set(csv.columns)
     assert set(csv["metric"]) >= {"asw", "inv_db", "ch"}
     assert csv[csv["grouping"] == "classify:protocol"].shape[0] == 3
+    assert set(csv.loc[csv["grouping"] == "classify:protocol", "n_folds"]) == {5}  # the default
+
+
+def test_evaluate_folds_option(tiny, tmp_path, capsys):
+    data, model_path, _ = tiny
+    for k, want in (("3", 3), ("1", 1)):
+        out = tmp_path / f"ev{k}"
+        assert main(["evaluate", str(model_path), str(data), "--target", "protocol", "--folds", k, "--out",
+                     str(out), "-q"]) == 0
+        cls = json.loads((out / "metrics.json").read_text())["classification"]
+        assert cls["n_folds"] == want
+        assert cls["protocol"] == ("train_test" if want == 1 else "kfold")
+    capsys.readouterr()
+    assert main(["evaluate", str(model_path), str(data), "--folds", "0", "--out", str(tmp_path / "ev0")]) != 0
+    assert "--folds 0" in capsys.readouterr().err
 
 
 def test_demo_fast_runs_everything(tmp_path):

@@ -110,3 +110,47 @@ def test_pixel_test_refuses_an_averaged_comparison_and_empty_groups(explorer, qt
     panel.set_groups(GROUP_A, GROUP_B)
     panel.run_btn.click()
     assert panel.result is None and "one row per cell" in panel.last_error
+
+
+def test_cancel_stops_the_mixed_model_midway_and_changes_nothing(explorer, qtbot, monkeypatch):
+    """Cancel while the mixed model is between pixel chunks: the core stops, nothing is drawn or kept, the
+    panel says so without an error, and the next run works."""
+    import time
+
+    import napari_scmedal.lmm as lmm
+    from napari_scmedal._napari._test_panel import SIGNIFICANT_LAYER
+
+    viewer, ex = explorer
+    panel = ex.test_panel
+    real = lmm.counterfactual_pixel_test
+    chunks = []
+
+    def held_after_first_chunk(*args, **kw):  # small chunks; the first chunk's progress waits for the cancel
+        outer, cancel = kw["progress"], kw["cancel"]
+
+        def progress(info):
+            outer(info)
+            chunks.append(info["done"])
+            deadline = time.monotonic() + 60
+            while not cancel() and time.monotonic() < deadline:
+                time.sleep(0.01)
+
+        return real(*args, **{**kw, "progress": progress, "chunk_pixels": 64})
+
+    monkeypatch.setattr(lmm, "counterfactual_pixel_test", held_after_first_chunk)
+    panel.method_combo.setCurrentText("mixed model (batch random effect)")
+    panel.set_groups(GROUP_A, GROUP_B)
+    panel.run_btn.click()
+    assert panel.busy and panel.cancel_btn.isEnabled() and not panel.run_btn.isEnabled()
+    qtbot.waitUntil(lambda: "pixels fitted" in panel.status_label.text(), timeout=TIMEOUT_MS)
+    panel.cancel_btn.click()
+    qtbot.waitUntil(lambda: not panel.busy, timeout=TIMEOUT_MS)
+    n_pixels = int(np.prod(ex.comparison.shape))
+    assert chunks == [64] and chunks[0] < n_pixels  # stopped after the first chunk, not run to the end
+    assert panel.result is None and not panel.save_btn.isEnabled()
+    assert panel.status_label.text() == "Test cancelled: nothing changed."
+    assert getattr(panel, "last_error", None) is None and SIGNIFICANT_LAYER not in viewer.layers
+    assert panel.run_btn.isEnabled() and not panel.cancel_btn.isEnabled()
+    monkeypatch.setattr(lmm, "counterfactual_pixel_test", real)
+    _run(panel, qtbot, "mixed model (batch random effect)")
+    assert panel.result is not None and len(panel.result.table) == n_pixels

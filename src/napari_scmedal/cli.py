@@ -571,13 +571,16 @@ def cmd_evaluate(args, con: _Console) -> int:
     from .metrics import LATENT_NAMES, check_baselines, evaluate_model
 
     args.baselines = check_baselines(args.baselines)  # unknown names, missing harmonypy: before loading anything
+    if args.folds < 1:
+        raise UsageError(f"--folds {args.folds}: give 2 or more folds, or 1 for a single train/test split.")
 
     model, model_path = _load_model(args.model, args, health=False)  # the full health report follows below
     adata, data_path = _read_data(args.data, layer=args.layer, backed=args.backed)
     out = _check_output_dir(args.out, [data_path, model_path])
     con.say(f"evaluating on the {args.split} split (METHOD.md section 4)")
     table = evaluate_model(model, args.split, subsample=args.subsample, seed=args.seed, target=args.target,
-                           held_out_batches=args.held_out_batches, adata=adata, baselines=args.baselines)
+                           held_out_batches=args.held_out_batches, adata=adata, baselines=args.baselines,
+                           n_folds=None if args.folds == 1 else args.folds)
     table["health"] = model.health  # the training health stored in the model file
     files = _write_metrics(table, out)
     for kind, s in table["latents"].items():
@@ -1109,6 +1112,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--target", default=None, help="obs column to classify from FE, RE and FE+RE latents")
     ev.add_argument("--held-out-batches", action="store_true",
                     help="classify with whole batches held out (the fairer protocol)")
+    ev.add_argument("--folds", type=int, default=5, metavar="K",
+                    help="folds of the classification (default 5; 1 = the old single train/test split)")
     ev.add_argument("--baselines", default="", metavar="pca,harmony",
                     help="also score these baseline latents on the same cells: pca (PCA of the model's "
                          "log-normalised genes) and/or harmony (Harmony on that PCA; needs napari-scmedal[harmony])")

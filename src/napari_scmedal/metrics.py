@@ -318,7 +318,8 @@ def evaluate_model(model, split: str = "test", *, subsample: int | None = 10000,
             raise DataError(f"target {target!r} is not an obs column; available: {list(ad_.obs.columns)}.")
         y = ad_.obs[target].astype(str).to_numpy()
         if held_out_batches:
-            cls = mixed_effects_classification(lat["fe"], lat["re"], y, batch=batch, held_out_batches=True)
+            cls = mixed_effects_classification(lat["fe"], lat["re"], y, batch=batch, held_out_batches=True,
+                                               n_folds=n_folds or 5)
         elif n_folds is None:
             cls = mixed_effects_classification(lat["fe"], lat["re"], y, train_idx=tr_idx, test_idx=idx)
         else:
