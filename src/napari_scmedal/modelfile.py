@@ -4,7 +4,7 @@ Writing is atomic (:func:`napari_scmedal._utils.atomic_output`: a temporary file
 fsync'ed and renamed; leftovers of killed saves are removed by the next save to that path). Reading never
 unpickles and never trusts the metadata: the header is parsed by ``safetensors.safe_open`` (which checks that
 the tensors' shapes, dtypes and offsets cover the file exactly), the metadata is validated field by field
-(:func:`napari_scmedal.model.validate_config`, :meth:`napari_scmedal.data.recipe.Recipe.from_dict`), and the
+(:func:`napari_scmedal.models.defaults.validate_config`, :meth:`napari_scmedal.data.recipe.Recipe.from_dict`), and the
 tensor shapes the configuration implies are compared with the header's shapes *before* any network is built,
 so a file that lies about its layer sizes is refused in milliseconds without allocating them.
 """
