@@ -18,13 +18,6 @@ from napari_scmedal.compare import Comparison, counterfactual_name
 from napari_scmedal.errors import DataError, ScMEDALError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    torch.set_num_threads(1)
-
-
 def _grid(rows, cols, empty=()):
     g = np.empty((rows, cols), dtype=object)
     for r in range(rows):

@@ -32,13 +32,6 @@ from napari_scmedal.compare import (
 from napari_scmedal.errors import DataError, LayoutError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    torch.set_num_threads(1)
-
-
 class GridLayout:
     """Row-major layout of the given genes (the last pixels stay empty)."""
 
@@ -90,6 +83,17 @@ class LinearModel:
         p = self._x(adata)
         own = np.array([self.shift[self.batches[c]] for c in p.batch], dtype=np.float32)
         return p.X_log + self.shift[target_batch] - own[:, None]
+
+    # the model contract compare_cells uses (ModelLike in docs/architecture.md)
+    def _training_adata(self, adata=None):
+        return self.adata if adata is None else adata
+
+    def predict_versions(self, adata, batches):
+        p = self._x(adata)
+        out = {"original": p.X_log, "fe": self.get_reconstruction("fe", adata),
+               "re": self.get_reconstruction("re", adata), "batch": np.asarray(p.batch)}
+        out.update({f"cf:{b}": self.get_counterfactual_expression(b, adata) for b in batches})
+        return out
 
 
 @pytest.fixture
@@ -201,7 +205,7 @@ def test_target_batches_subset_and_top_genes(small):
     assert len(comp.top_genes_overall) == 10
     one = compare_cells(m, [3], target_batches="b1")
     assert one.batches == ["b1"] and one.top_genes.empty
-    with pytest.raises(DataError, match="The model knows these batches"):
+    with pytest.raises(DataError, match="Unknown target batch.*the model knows these batches"):
         compare_cells(m, [3], target_batches=["nope"])
 
 
@@ -305,9 +309,6 @@ def test_stack_comparisons_rows_share_limits(small):
 # ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def real():
-    import torch
-
-    torch.set_num_threads(1)
     from napari_scmedal.datasets import cellbench
     from napari_scmedal.model import ScMEDAL
 
@@ -350,9 +351,6 @@ def test_real_model_versions_match_the_public_api(real):
 
 
 def test_one_cell_twenty_batches_is_fast():
-    import torch
-
-    torch.set_num_threads(1)
     from napari_scmedal.data import make_synthetic
     from napari_scmedal.genomap import GenomapLayout
     from napari_scmedal.model import ScMEDAL

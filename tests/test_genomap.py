@@ -15,7 +15,7 @@ from napari_scmedal.genomap import (
     gene_correlation,
     layout_quality,
     radial_rings,
-    square_shape,
+    grid_shape,
     zscore_stack,
 )
 
@@ -115,10 +115,14 @@ def test_more_genes_than_pixels_is_a_clear_error(blocks):
     with pytest.raises(LayoutError) as e:
         compute_layout(X[:, :90], shape=(9, 9))
     msg = str(e.value)
-    assert "90 genes" in msg and "81 pixels" in msg and "(10, 10)" in msg
+    assert "90 genes" in msg and "81 pixels" in msg and "(9, 10)" in msg
     assert isinstance(e.value, ScMEDALError)
-    assert square_shape(90) == (10, 10) and square_shape(81) == (9, 9) and square_shape(2916) == (54, 54)
-    assert square_shape(1) == (1, 1)
+    # one grid rule: the smallest square that fits, less any empty rows
+    assert grid_shape(90) == (9, 10) and grid_shape(81) == (9, 9) and grid_shape(2916) == (54, 54)
+    assert grid_shape(300) == (17, 18) and grid_shape(3000) == (55, 55) and grid_shape(1) == (1, 1)
+    for n in range(1, 400):
+        r, c = grid_shape(n)
+        assert r * c >= n > (r - 1) * c and c == int(np.ceil(np.sqrt(n)))
 
 
 @pytest.mark.parametrize("geometry", ["euclidean", "radial"])
@@ -165,7 +169,7 @@ def test_gene_names_and_shape_checks(blocks):
     with pytest.raises(LayoutError, match="geometry"):
         compute_layout(X, shape=(10, 10), geometry="hexagonal")
     lay = compute_layout(X[:, :30], shape=None)
-    assert lay.shape == (6, 6)
+    assert lay.shape == (5, 6)  # grid_shape: 6 columns, the rows that hold 30 genes
     wide = compute_layout(X, shape=(5, 21))                 # wide grid, last row partly empty
     assert wide.mask.sum() == 100 and wide.mask.ravel()[:100].all()
     tall = compute_layout(X, shape=(21, 5), geometry="radial")
@@ -320,8 +324,8 @@ def test_real_sample_layout_quality(cellbench_adata):
     sc.pp.highly_variable_genes(ad, n_top_genes=400, flavor="seurat")
     sub = ad[:, ad.var["highly_variable"]]
     X = sub.X
-    lay = compute_layout(X, shape=None, genes=list(sub.var_names), seed=0)   # smallest square
-    assert lay.shape == square_shape(sub.n_vars)
+    lay = compute_layout(X, shape=None, genes=list(sub.var_names), seed=0)   # the default grid
+    assert lay.shape == grid_shape(sub.n_vars)
     q = layout_quality(lay, X)
     assert q["spearman"] >= 0.5 and abs(q["spearman_random"]) < 0.05
     assert q["neighbour_correlation"] >= 3 * q["neighbour_correlation_random"]

@@ -19,7 +19,7 @@ from napari_scmedal.genomap import (
     stack_limits,
     stack_source,
 )
-from napari_scmedal.genomap.lazy import _layout_columns
+from napari_scmedal.genomap.ensure import layout_columns
 
 N_GENES = 100  # a 10 x 10 genomap
 TINY = {"hidden": [32, 8], "latent": 4, "preset": "quick", "seed": 0, "n_genes": N_GENES}
@@ -31,11 +31,8 @@ def _synthetic():
 
 @pytest.fixture(scope="module")
 def mem_model():
-    import torch
-
     from napari_scmedal import ScMEDAL
 
-    torch.set_num_threads(1)
     adata = _synthetic()
     model = ScMEDAL(adata, batch_key="batch", label_key="cell_type", **TINY)
     model.train(max_epochs=2)
@@ -44,11 +41,8 @@ def mem_model():
 
 @pytest.fixture(scope="module")
 def disk_model(tmp_path_factory):
-    import torch
-
     from napari_scmedal import ScMEDAL
 
-    torch.set_num_threads(1)
     path = tmp_path_factory.mktemp("lazy") / "synthetic.h5ad"
     _synthetic().write_h5ad(path)
     model = ScMEDAL(str(path), batch_key="batch", label_key="cell_type", **TINY)
@@ -76,7 +70,7 @@ def _eager(model, version, adata=None):
     batches = [version[3:]] if version.startswith("cf:") else None
     ev = model.predict_versions(adata=adata, batches=batches)
     layout = model.layout
-    return layout.project(ev[version][:, _layout_columns(layout, model.genes)])
+    return layout.project(ev[version][:, layout_columns(layout, model.genes)])
 
 
 @pytest.mark.parametrize("version", ["original", "fe", "cf:batch2"])

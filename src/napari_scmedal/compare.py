@@ -19,58 +19,57 @@ Pure core: no Qt, no napari.
 """
 from __future__ import annotations
 
-import math
 import os
 import warnings
-import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ._utils import atomic_output
 from .analysis import rank_pixels, spread_image, top_varying_genes
-from .errors import DataError, LayoutError
+from .errors import DataError
+from .genomap.ensure import (
+    ensure_layout,
+    layout_columns,
+    training_adata,
+    zscore_reference,
+)
+from .genomap.limits import robust_limits, symmetric_limits
+from .selection import parse_group, resolve_cells, select_cells
+from .versions import (
+    FE_MINUS_ORIGINAL,
+    FE_RECON,
+    ORIGINAL,
+    RE_RECON,
+    cf_minus_original_name,
+    cf_minus_own_name,
+    check_target_batches,
+    counterfactual_name,
+)
 
 __all__ = [
-    "ORIGINAL",
-    "FE_RECON",
-    "RE_RECON",
     "FE_MINUS_ORIGINAL",
-    "counterfactual_name",
+    "FE_RECON",
+    "ORIGINAL",
+    "RE_RECON",
+    "Comparison",
     "cf_minus_original_name",
     "cf_minus_own_name",
-    "Comparison",
     "compare_cells",
-    "stack_comparisons",
-    "select_cells",
+    "counterfactual_name",
+    "ensure_layout",
     "parse_group",
     "resolve_cells",
-    "ensure_layout",
+    "select_cells",
+    "stack_comparisons",
     "zscore_reference",
 ]
 
-ORIGINAL = "Original"
-FE_RECON = "FE reconstruction"
-RE_RECON = "RE reconstruction"
-FE_MINUS_ORIGINAL = "FE - Original"
-OWN_BATCH = "own batch"
 SCALES = ("log1p", "zscore")
 _CHUNK_ROWS = 65536  # model rows (cells x versions) computed at once
-
-
-def counterfactual_name(batch: str) -> str:
-    """Name of the counterfactual image for target batch ``batch``."""
-    return f"Counterfactual -> {batch}"
-
-
-def cf_minus_original_name(batch: str) -> str:
-    return f"{counterfactual_name(batch)} - {ORIGINAL}"
-
-
-def cf_minus_own_name(batch: str) -> str:
-    return f"{counterfactual_name(batch)} - Counterfactual -> {OWN_BATCH}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -170,306 +169,60 @@ class Comparison:
 
 
 # ----------------------------------------------------------------------------------------------
-# selecting cells
-# ----------------------------------------------------------------------------------------------
-def _obs_of(adata_or_obs) -> pd.DataFrame:
-    obs = getattr(adata_or_obs, "obs", adata_or_obs)
-    if not isinstance(obs, pd.DataFrame):
-        raise DataError("select_cells needs an AnnData or its .obs DataFrame.")
-    return obs
-
-
-def parse_group(text: str | Mapping[str, Any] | None) -> dict[str, list[str]]:
-    """``"cell_line=A549,batch=b1"`` (or ``;``-separated, values joined with ``|`` for several)
-    -> ``{"cell_line": ["A549"], "batch": ["b1"]}``.  A mapping is normalised the same way."""
-    if text is None:
-        return {}
-    if isinstance(text, Mapping):
-        items = text.items()
-    else:
-        items = []
-        for part in str(text).replace(";", ",").split(","):
-            part = part.strip()
-            if not part:
-                continue
-            if "=" not in part:
-                raise DataError(
-                    f"Cannot read the group {text!r}: each part must be KEY=VALUE, e.g. "
-                    "'cell_line=A549,batch=CELseq2_3cl' (join several values with '|')."
-                )
-            k, v = part.split("=", 1)
-            items.append((k.strip(), v.strip()))
-    out: dict[str, list[str]] = {}
-    for k, v in items:
-        vals = [str(x) for x in v] if isinstance(v, (list, tuple, set, np.ndarray)) else str(v).split("|")
-        out.setdefault(str(k), []).extend(x.strip() for x in vals if str(x).strip())
-    return out
-
-
-def select_cells(adata_or_obs, group: Mapping[str, Any] | str | None = None, **criteria) -> np.ndarray:
-    """Integer indices of the cells whose obs match every ``key=value`` of ``group``.
-
-    ``select_cells(adata, {"cell_line": "A549", "batch": "CELseq2_5cl_p1"})``; a value may be a
-    list (any of them matches); keyword arguments are merged into ``group``.
-    """
-    obs = _obs_of(adata_or_obs)
-    crit = parse_group(group)
-    for k, v in parse_group(criteria).items():
-        crit.setdefault(k, []).extend(v)
-    mask = np.ones(len(obs), dtype=bool)
-    for key, values in crit.items():
-        if key not in obs.columns:
-            raise DataError(
-                f"There is no obs column {key!r} to select cells by. Available columns: "
-                f"{list(map(str, obs.columns))}."
-            )
-        col = obs[key].astype(str).to_numpy()
-        hit = np.isin(col, values)
-        if not hit.any():
-            avail = sorted(set(col))
-            shown = avail[:20] + (["..."] if len(avail) > 20 else [])
-            raise DataError(
-                f"No cell has {key} in {values}. Values of {key!r}: {shown}."
-            )
-        mask &= hit
-    idx = np.flatnonzero(mask)
-    if idx.size == 0:
-        raise DataError(
-            f"No cell matches all of {crit} together. Loosen the selection (fewer criteria)."
-        )
-    return idx
-
-
-def resolve_cells(cells, obs_names: Sequence[str]) -> np.ndarray:
-    """Int indices from int indices, a boolean mask or obs names (a single one is fine)."""
-    n = len(obs_names)
-    if cells is None:
-        raise DataError("Choose at least one cell (an index, a boolean mask or obs names).")
-    if isinstance(cells, (str, bytes, int, np.integer)):
-        cells = [cells]
-    arr = np.asarray(list(cells) if not isinstance(cells, np.ndarray) else cells)
-    if arr.size == 0:
-        raise DataError("The cell selection is empty; choose at least one cell.")
-    if arr.dtype == bool:
-        if arr.shape != (n,):
-            raise DataError(
-                f"A boolean cell mask must have one entry per cell ({n}); got {arr.shape[0]}."
-            )
-        idx = np.flatnonzero(arr)
-        if idx.size == 0:
-            raise DataError("The boolean cell mask selects no cell; choose at least one.")
-        return idx
-    if np.issubdtype(arr.dtype, np.integer):
-        idx = arr.astype(np.int64)
-        bad = idx[(idx < -n) | (idx >= n)]
-        if bad.size:
-            raise DataError(
-                f"Cell index {int(bad[0])} is out of range: there are {n} cells (0 to {n - 1})."
-            )
-        return np.where(idx < 0, idx + n, idx)
-    names = pd.Index([str(x) for x in obs_names])
-    pos = names.get_indexer([str(x) for x in arr.ravel()])
-    if (pos < 0).any():
-        missing = [str(x) for x, p in zip(arr.ravel(), pos) if p < 0]
-        raise DataError(
-            f"Unknown cell name(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}: not in the "
-            "data's obs_names. Use obs names, integer positions or a boolean mask."
-        )
-    return pos.astype(np.int64)
-
-
-# ----------------------------------------------------------------------------------------------
-# model access (against the contract in docs/architecture.md)
-# ----------------------------------------------------------------------------------------------
-def _training_adata(model):
-    getter = getattr(model, "_training_adata", None)
-    if callable(getter):
-        return getter(None)  # raises DataError with its fix for a loaded model
-    for attr in ("adata", "_adata"):
-        a = getattr(model, attr, None)
-        if a is not None:
-            return a
-    raise DataError(
-        "This model does not hold its training data (for example it was loaded from a file). "
-        "Pass the cells' AnnData with adata=..."
-    )
-
-
-def _layout_genes_index(layout, genes: Sequence[str]) -> np.ndarray:
-    """Column index into ``genes`` for each layout gene (the layout's own order)."""
-    g = pd.Index([str(x) for x in genes])
-    pos = g.get_indexer([str(x) for x in layout.genes])
-    if (pos < 0).any():
-        missing = [str(x) for x, p in zip(layout.genes, pos) if p < 0][:5]
-        raise LayoutError(
-            f"The genomap layout has genes the model does not use ({missing} ...). Use the "
-            "model's own layout (model.layout) or recompute it with ensure_layout(model, force=True)."
-        )
-    return pos
-
-
-def default_shape(n_genes: int) -> tuple[int, int]:
-    """Genomap grid used when none is given: the smallest square that fits, less any empty rows."""
-    side = int(math.ceil(math.sqrt(n_genes)))
-    rows = side
-    cols = side
-    while (rows - 1) * cols >= n_genes:
-        rows -= 1
-    return rows, cols
-
-
-def ensure_layout(model, adata=None, layout=None, shape=None, seed: int = 0, max_cells: int = 2000,
-                  force: bool = False):
-    """Return the model's genomap layout, computing it once and attaching it if missing.
-
-    ``layout`` given: it is attached and returned.  Otherwise ``model.layout`` is used when
-    present (and ``force`` is False); else a layout is computed with Gromov-Wasserstein on the
-    log1p expression of up to ``max_cells`` cells of ``adata`` (default: the model's training
-    data) and stored as ``model.layout`` so every later view shares it.
-    """
-    if layout is not None:
-        _layout_genes_index(layout, model.genes)
-        _attach_layout(model, layout)
-        return layout
-    existing = getattr(model, "layout", None)
-    if existing is not None and not force:
-        return existing
-    from .genomap import compute_layout
-
-    if adata is None and hasattr(model, "n_cells") and hasattr(model, "_prepare"):
-        # the model's own cells (in memory or on disk): transform only the sampled ones
-        n = model.n_cells()
-        rows = np.arange(n)
-        if n > max_cells:
-            rows = np.sort(np.random.default_rng(seed).choice(n, max_cells, replace=False))
-        X = np.asarray(model._prepare(None, lazy=True).subset(rows).X_log, dtype=np.float32)
-    else:
-        source = adata if adata is not None else _training_adata(model)
-        n = source.n_obs
-        if n > max_cells:  # sample the cells first, so only they are read and transformed
-            source = source[np.sort(np.random.default_rng(seed).choice(n, max_cells, replace=False))]
-        X = np.asarray(model.recipe.transform(source).X_log, dtype=np.float32)
-    genes = list(model.genes)
-    shape = tuple(shape) if shape is not None else default_shape(len(genes))
-    layout = compute_layout(X, shape=shape, genes=genes, seed=seed)
-    _attach_layout(model, layout)
-    return layout
-
-
-def _attach_layout(model, layout) -> None:
-    try:
-        model.layout = layout
-    except AttributeError:  # read-only property: try the conventional setter
-        setter = getattr(model, "set_layout", None)
-        if setter is None:
-            raise
-        setter(layout)
-    _ZSCORE_CACHE.pop(model, None)
-
-
-def _predict_versions(model, sub, batches: Sequence[str]) -> dict[str, np.ndarray]:
-    """Original (log1p), FE and RE reconstructions and counterfactuals for ``sub``'s cells,
-    all ``(n_cells, n_genes)`` in log1p units in the model's gene order.
-
-    Uses the model's batched fast path when it offers one (``predict_versions``), otherwise the
-    public per-version API.
-    """
-    fast = getattr(model, "predict_versions", None)
-    if callable(fast):
-        return fast(sub, batches)
-    prepared = model.recipe.transform(sub)
-    out = {
-        "original": np.asarray(prepared.X_log, dtype=np.float32),
-        "fe": np.asarray(model.get_reconstruction("fe", adata=sub), dtype=np.float32),
-        "re": np.asarray(model.get_reconstruction("re", adata=sub), dtype=np.float32),
-        "batch": np.asarray(prepared.batch),
-    }
-    for b in batches:
-        out[f"cf:{b}"] = np.asarray(model.get_counterfactual_expression(b, adata=sub), dtype=np.float32)
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
-# z-score reference (METHOD.md section 5), cached per model
-# ----------------------------------------------------------------------------------------------
-_ZSCORE_CACHE: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
-
-
-def _reference_cells(obs: pd.DataFrame, batch_key: str, label_key: str | None, n: int, seed: int) -> np.ndarray:
-    """Up to ``n`` cells with at least one per batch x label present (reference sampling)."""
-    rng = np.random.default_rng(seed)
-    keys = obs[batch_key].astype(str)
-    if label_key is not None and label_key in obs.columns:
-        keys = keys + "\x00" + obs[label_key].astype(str)
-    keys = keys.to_numpy()
-    must = []
-    for k in pd.unique(keys):
-        where = np.flatnonzero(keys == k)
-        must.append(int(rng.choice(where)))
-    must = np.array(sorted(set(must)), dtype=np.int64)
-    rest = np.setdiff1d(np.arange(len(obs)), must)
-    extra = max(0, n - must.size)
-    if extra and rest.size:
-        must = np.concatenate([must, rng.choice(rest, min(extra, rest.size), replace=False)])
-    return np.sort(must)
-
-
-def zscore_reference(model, adata=None, n_cells: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Per-gene mean and std over the reference stack (input, FE, RE and every counterfactual
-    for up to ``n_cells`` cells, at least one per batch x label), computed once and cached on
-    the model.  Zero-variance genes get std = inf, so their z-score is 0."""
-    key = ("zscore", int(n_cells), int(seed))
-    cache = _ZSCORE_CACHE.get(model)
-    if cache is not None and key in cache:
-        return cache[key]
-    source = adata if adata is not None else _training_adata(model)
-    recipe = model.recipe
-    idx = _reference_cells(source.obs, recipe.batch_key, recipe.label_key, n_cells, seed)
-    sub = source[idx]
-    v = _predict_versions(model, sub, list(model.batches))
-    stack = [v["original"], v["fe"], v["re"]] + [v[f"cf:{b}"] for b in model.batches]
-    allrows = np.concatenate(stack, axis=0).astype(np.float64)
-    mean = allrows.mean(axis=0)
-    std = allrows.std(axis=0)
-    std[std <= 1e-12] = np.inf
-    res = (mean.astype(np.float32), std.astype(np.float32))
-    try:
-        _ZSCORE_CACHE.setdefault(model, {})[key] = res
-    except TypeError:  # model not weak-referenceable: no caching
-        pass
-    return res
-
-
-# ----------------------------------------------------------------------------------------------
 # the comparison
 # ----------------------------------------------------------------------------------------------
-def _robust_limits(arrays: Iterable[np.ndarray], lo_q=0.5, hi_q=99.5) -> tuple[float, float]:
-    vals = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays])
-    vals = vals[np.isfinite(vals)]
-    if vals.size == 0:
-        return 0.0, 1.0
-    lo, hi = np.percentile(vals, [lo_q, hi_q])
-    if not hi > lo:
-        lo, hi = float(vals.min()), float(vals.max())
-        if not hi > lo:
-            hi = lo + 1.0
-    return float(lo), float(hi)
-
-
-def _symmetric_limit(arrays: Iterable[np.ndarray], q=99.5) -> tuple[float, float]:
-    vals = np.concatenate([np.abs(np.asarray(a, dtype=np.float64)).ravel() for a in arrays] or [np.zeros(1)])
-    vals = vals[np.isfinite(vals)]
-    d = float(np.percentile(vals, q)) if vals.size else 0.0
-    if not d > 0:
-        d = float(vals.max()) if vals.size else 0.0
-    if not d > 0:
-        d = 1e-6
-    return -d, d
-
-
 def _single_or_none(values: Sequence[str]) -> str | None:
     u = pd.unique(np.asarray(values, dtype=object))
     return str(u[0]) if len(u) == 1 else None
+
+
+def _layout_for(model, layout, source):
+    """The layout a comparison uses: the one given (checked, not attached), else the model's, computed
+    once on its training data (or, for a loaded model, on ``source``)."""
+    if layout is not None:
+        layout_columns(layout, model.genes)
+        return layout
+    if getattr(model, "layout", None) is not None:
+        return model.layout
+    try:
+        return ensure_layout(model)  # on the training data, attached to the model
+    except DataError:
+        return ensure_layout(model, adata=source)
+
+
+def _gene_space(model, layout, scale, source):
+    """``f(x)``: model-gene expression ``(n, n_genes)`` -> the comparison's units in layout gene order."""
+    cols = layout_columns(layout, model.genes)
+    if scale == "zscore":
+        try:
+            mean, std = zscore_reference(model)  # on the training data when the model has it
+        except DataError:
+            mean, std = zscore_reference(model, adata=source)  # a loaded model: the data given
+        return lambda x: ((np.asarray(x, dtype=np.float32) - mean) / std).astype(np.float32)[:, cols]
+    return lambda x: np.asarray(x, dtype=np.float32)[:, cols]
+
+
+def _chunk_versions(model, chunk, batches, extra, g):
+    """Expression images (gene space) and differences of one chunk of cells, and each cell's own batch."""
+    all_batches = [str(b) for b in model.batches]
+    v = model.predict_versions(chunk, batches + extra)
+    codes = np.asarray(v["batch"], dtype=np.int64)
+    own = [all_batches[c] if 0 <= c < len(all_batches) else None for c in codes]
+    missing = sorted({n for n in own if n is not None and f"cf:{n}" not in v})
+    if missing:  # the batch column disagreed with the recipe's codes: compute what is missing
+        v.update({k: x for k, x in model.predict_versions(chunk, missing).items() if k.startswith("cf:")})
+    orig, fe, re_ = g(v["original"]), g(v["fe"]), g(v["re"])
+    cfs = {b: g(v[f"cf:{b}"]) for b in batches}
+    cf_own = np.full_like(orig, np.nan)
+    for n in {o for o in own if o is not None}:
+        rows_n = np.flatnonzero(np.array([o == n for o in own]))
+        cf_own[rows_n] = cfs[n][rows_n] if n in cfs else g(v[f"cf:{n}"][rows_n])
+    gs = {ORIGINAL: orig, FE_RECON: fe, RE_RECON: re_}
+    gs.update({counterfactual_name(b): cfs[b] for b in batches})
+    ds = {FE_MINUS_ORIGINAL: fe - orig}
+    ds.update({cf_minus_original_name(b): cfs[b] - orig for b in batches})
+    ds.update({cf_minus_own_name(b): cfs[b] - cf_own for b in batches})
+    return gs, ds, own
 
 
 def compare_cells(
@@ -502,32 +255,11 @@ def compare_cells(
     """
     if scale not in SCALES:
         raise DataError(f"Unknown scale {scale!r}; use one of {list(SCALES)}.")
-    source = adata if adata is not None else _training_adata(model)
+    source = adata if adata is not None else training_adata(model)
     idx = resolve_cells(cells, list(map(str, source.obs_names)))
     all_batches = [str(b) for b in model.batches]
-    if target_batches is None:
-        batches = all_batches
-    else:
-        batches = [str(b) for b in ([target_batches] if isinstance(target_batches, str) else target_batches)]
-        unknown = [b for b in batches if b not in all_batches]
-        if unknown:
-            raise DataError(
-                f"Unknown target batch(es) {unknown}. The model knows these batches: {all_batches}."
-            )
-        if not batches:
-            raise DataError(f"Choose at least one target batch from {all_batches}.")
-        batches = list(dict.fromkeys(batches))
-    if layout is not None:
-        _layout_genes_index(layout, model.genes)  # validate; a given layout is used, not attached
-    elif getattr(model, "layout", None) is not None:
-        layout = model.layout
-    else:
-        try:
-            layout = ensure_layout(model)  # on the training data, attached to the model
-        except DataError:
-            layout = ensure_layout(model, adata=source)
-    cols = _layout_genes_index(layout, model.genes)
-
+    batches = check_target_batches(all_batches, target_batches)
+    layout = _layout_for(model, layout, source)
     sub = source[idx]
     recipe = model.recipe
     # every batch needed: the targets, plus the cells' own batches (for "- own batch")
@@ -535,44 +267,10 @@ def compare_cells(
         sub.obs[recipe.batch_key].astype(str).unique().tolist() if recipe.batch_key in sub.obs.columns else []
     )
     extra = [b for b in all_batches if b in obs_batches and b not in batches]
-
-    if scale == "zscore":
-        try:
-            mean, std = zscore_reference(model)  # on the training data when the model has it
-        except DataError:
-            mean, std = zscore_reference(model, adata=source)  # a loaded model: the data given
-
-        def tf(x):
-            return ((x - mean) / std).astype(np.float32)
-    else:
-        def tf(x):
-            return np.asarray(x, dtype=np.float32)
-
-    def g(x):  # gene-space versions (n_cells, n_genes) in layout order
-        return tf(np.asarray(x, dtype=np.float32))[:, cols]
+    to_layout = _gene_space(model, layout, scale, source)
 
     def versions(chunk):
-        v = _predict_versions(model, chunk, batches + extra)
-        codes = np.asarray(v["batch"], dtype=np.int64)
-        own = [all_batches[c] if 0 <= c < len(all_batches) else None for c in codes]
-        missing = sorted({n for n in own if n is not None and f"cf:{n}" not in v})
-        if missing:  # the batch column disagreed with the recipe's codes: compute what is missing
-            v.update({k: x for k, x in _predict_versions(model, chunk, missing).items() if k.startswith("cf:")})
-        orig, fe, re_ = g(v["original"]), g(v["fe"]), g(v["re"])
-        cfs = {b: g(v[f"cf:{b}"]) for b in batches}
-        cf_own = np.full_like(orig, np.nan)
-        for n in set(o for o in own if o is not None):
-            rows_n = np.flatnonzero(np.array([o == n for o in own]))
-            cf_own[rows_n] = cfs[n][rows_n] if n in cfs else g(v[f"cf:{n}"][rows_n])
-        gs = {ORIGINAL: orig, FE_RECON: fe, RE_RECON: re_}
-        for b in batches:
-            gs[counterfactual_name(b)] = cfs[b]
-        ds = {FE_MINUS_ORIGINAL: fe - orig}
-        for b in batches:
-            ds[cf_minus_original_name(b)] = cfs[b] - orig
-        for b in batches:
-            ds[cf_minus_own_name(b)] = cfs[b] - cf_own
-        return gs, ds, own
+        return _chunk_versions(model, chunk, batches, extra, to_layout)
 
     # cells in chunks so memory stays bounded (averages are accumulated, not stacked)
     chunk_size = max(1, _CHUNK_ROWS // max(1, len(batches) + len(extra) + 3))
@@ -657,8 +355,8 @@ def compare_cells(
 
 def _summaries(images, kinds, batches, layout, n_top):
     """Shared limits and top varying genes of a set of images."""
-    expr_lim = _robust_limits(images[k] for k in images if kinds[k] == "expression")
-    diff_lim = _symmetric_limit(images[k] for k in images if kinds[k] == "difference")
+    expr_lim = robust_limits(images[k] for k in images if kinds[k] == "expression")
+    diff_lim = symmetric_limits(images[k] for k in images if kinds[k] == "difference")
 
     # top varying genes across counterfactual batches
     rows_tables = []

@@ -20,33 +20,30 @@ import difflib
 import os
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from ._gene_io import (GeneRequest, gene_outputs, gene_request, load_gene_set, parse_gene_list,  # re-exported
-                       read_gene_sets)
+from ._gene_io import load_gene_set, parse_gene_list, read_gene_sets  # re-exported
 from .data.recipe import _text_columns
 from .errors import DataError, ScMEDALError
+from .versions import version_key
 
 __all__ = [
     "GeneMatch",
     "GeneNotFoundError",
-    "resolve_genes",
-    "parse_gene_list",
-    "read_gene_sets",
-    "load_gene_set",
+    "cell_expression",
     "gene_pixels",
     "gene_set_mask",
-    "outline_segments",
     "gene_values",
+    "load_gene_set",
+    "outline_segments",
+    "parse_gene_list",
+    "read_gene_sets",
+    "resolve_genes",
     "set_scores",
-    "cell_expression",
-    "GeneRequest",
-    "gene_request",
-    "gene_outputs",
 ]
 
 _VERSIONED_ID = re.compile(r"^(ens[a-z]*g\d+)\.\d+$")
@@ -130,10 +127,10 @@ def _genes_of(model_or_genes) -> list[str]:
 def _var_of(model_or_genes, var):
     if var is not None or not hasattr(model_or_genes, "recipe"):
         return var
-    from .compare import _training_adata
+    from .genomap.ensure import training_adata
 
     try:  # the model's own training data, when it carries it
-        return getattr(_training_adata(model_or_genes), "var", None)
+        return getattr(training_adata(model_or_genes), "var", None)
     except (ScMEDALError, OSError):  # a loaded model without its data: no aliases
         return None
 
@@ -305,7 +302,7 @@ def _reference(names: list[str], model, adata, reference) -> tuple[np.ndarray, n
             raise DataError("This comparison is in log1p units and set scores are mean z-scores: pass the model "
                             "(set_scores(comp, genes, model=model)) to z-score against its reference stack, or "
                             "compare the cells with scale='zscore'.")
-        from .compare import zscore_reference
+        from .genomap.ensure import zscore_reference
 
         try:  # the same reference compare_cells(scale="zscore") uses
             mean, std = zscore_reference(model)
@@ -369,18 +366,6 @@ def set_scores(comparison, genes, model=None, adata=None, reference: pd.DataFram
 # ----------------------------------------------------------------------------------------------
 # one gene in every cell
 # ----------------------------------------------------------------------------------------------
-def _model_version(version: str) -> str:
-    from .compare import FE_RECON, ORIGINAL, RE_RECON
-
-    names = {ORIGINAL: "original", FE_RECON: "fe", RE_RECON: "re"}
-    v = str(version)
-    if v in names:
-        return names[v]
-    if v.startswith("Counterfactual -> ") and " - " not in v:
-        return "cf:" + v[len("Counterfactual -> "):]
-    return v
-
-
 def cell_expression(model, adata, gene: str, version: str = "original", scale: str = "log1p",
                     chunk_cells: int = 8192) -> np.ndarray:
     """One gene's value in every cell of ``adata``, in the units the genomaps use.
@@ -407,7 +392,7 @@ def cell_expression(model, adata, gene: str, version: str = "original", scale: s
     var = getattr(adata, "var", None) if adata is not None and not isinstance(adata, (str, os.PathLike)) else None
     g = resolve_genes([gene], model, var=var, strict=True).found[0]
     j = [str(x) for x in model.genes].index(g)
-    v = _model_version(version)
+    v = version_key(version)
     n = model.n_cells(adata)
     out = np.empty(n, dtype=np.float32)
     step = max(1, int(chunk_cells))

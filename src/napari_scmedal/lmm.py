@@ -34,17 +34,30 @@ cells.  Pure numpy/scipy: no Qt, no napari, no torch.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 from .errors import DataError, ScMEDALError
+from .pixeltests import (
+    PixelTestResult,
+    benjamini_hochberg,
+    counterfactual_group_test,
+    grid_for,
+)
+from .versions import counterfactual_name
 
-__all__ = ["MixedModelCancelled", "mixed_model_pixels", "mixed_model_test", "counterfactual_mixed_model_test",
-           "counterfactual_pixel_test", "PIXEL_TESTS"]
+__all__ = [
+    "PIXEL_TESTS",
+    "MixedModelCancelled",
+    "counterfactual_mixed_model_test",
+    "counterfactual_pixel_test",
+    "mixed_model_pixels",
+    "mixed_model_test",
+]
 
 TEST_NAME = "mixedlm"
 _GRID = 96  # grid points of the profile search (unbalanced designs)
@@ -169,7 +182,7 @@ def _fit_balanced(d: _Design, means, within):
 def _fit_profile(d: _Design, means, within):
     """Maximise the profile REML likelihood over g >= 0: grid on t = g / (c + g), then golden section."""
     c = 1.0 / float(np.median(d.counts))
-    to_g = lambda t: c * t / (1.0 - t)  # noqa: E731
+    to_g = lambda t: c * t / (1.0 - t)
     ts = np.linspace(0.0, 1.0 - 1e-9, _GRID)
     ll = np.stack([_loglik(d, means, within, np.full(means.shape[0], to_g(t))) for t in ts])
     k = np.argmax(ll, axis=0)
@@ -196,7 +209,6 @@ def _fit_profile(d: _Design, means, within):
 # public API
 # ----------------------------------------------------------------------------------------------
 def _fit_pixels(images, groups, batches, layout, reference, chunk_pixels, progress, cancel):
-    from .analysis import _grid_for
     from ._utils import is_cancelled
 
     a = np.asarray(images)
@@ -204,7 +216,7 @@ def _fit_pixels(images, groups, batches, layout, reference, chunk_pixels, progre
         raise DataError(f"Expected a stack of genomaps shaped (n, rows, cols), got shape {a.shape}.")
     d = _design(groups, batches, a.shape[0], reference)
     shape = a.shape[1:]
-    grid = _grid_for(layout, shape) if layout is not None else None
+    grid = grid_for(layout, shape) if layout is not None else None
     flat = a.reshape(a.shape[0], -1)
     n_pix = flat.shape[1]
     out = {k: np.full(n_pix, np.nan) for k in ("coef", "se", "var_batch", "var_resid")}
@@ -281,8 +293,6 @@ def mixed_model_pixels(images, groups: Sequence, batches: Sequence, layout=None,
         (empty, no gene, constant, or without variation within batches) have NaN ``coef``/``p``/``q``.
         ``attrs`` holds ``reference``, ``group``, ``balanced``, ``dist``, ``n_images``, ``n_batches``.
     """
-    from .analysis import benjamini_hochberg
-
     if dist not in ("normal", "t"):
         raise DataError(f"dist must be 'normal' (statsmodels' z-test) or 't' (n_batches - 2 df); got {dist!r}.")
     d, grid, shape, out, tested = _fit_pixels(images, groups, batches, layout, reference, chunk_pixels,
@@ -312,8 +322,6 @@ def mixed_model_test(images, groups: Sequence, batches: Sequence, layout=None, a
     and ``statistic`` = its z; plus ``se``, ``var_batch``, ``var_resid``.  ``significant`` is the
     (rows, cols) overlay (q < alpha); the figure and CSV writers take it as they take Mann-Whitney's.
     """
-    from .analysis import PixelTestResult, _grid_for
-
     if not 0 < alpha < 1:
         raise DataError(f"alpha must be between 0 and 1 (got {alpha}); 0.05 is usual.")
     a = np.asarray(images)
@@ -321,7 +329,7 @@ def mixed_model_test(images, groups: Sequence, batches: Sequence, layout=None, a
                             chunk_pixels=chunk_pixels, progress=progress, cancel=cancel)
     ref, other = df.attrs["reference"], df.attrs["group"]
     shape = df.attrs["shape"]
-    grid = _grid_for(layout, shape)
+    grid = grid_for(layout, shape)
     g = np.asarray([str(x) for x in np.asarray(groups, dtype=object).ravel()])
     flat = a.reshape(a.shape[0], -1)
     v = {c: df[c].to_numpy() for c in ("coef", "z", "p", "q", "se", "var_batch", "var_resid")}
@@ -354,8 +362,6 @@ def counterfactual_mixed_model_test(comparison, batch_groups: Mapping[str, str],
     every batch, so the test compares batches as projected through the model, not independent
     cells (see the module docstring).  Returns a ``PixelTestResult`` (``test="mixedlm"``).
     """
-    from .compare import counterfactual_name  # local: compare imports analysis, which imports this module
-
     groups_of = {str(b): str(g) for b, g in dict(batch_groups).items()}
     if not groups_of:
         raise DataError("Give each target batch its group, e.g. {'b1': 'ctrl', 'b2': 'case', ...}.")
@@ -387,8 +393,6 @@ def counterfactual_pixel_test(comparison, batches_a: Sequence[str], batches_b: S
     ``batches_a`` gets group ``names[0]`` (the reference), each of ``batches_b`` group ``names[1]``,
     and :func:`counterfactual_mixed_model_test` runs with ``dist``; ``kwargs`` go to the chosen test.
     """
-    from .analysis import counterfactual_group_test
-
     if method not in PIXEL_TESTS:
         raise DataError(f"Unknown pixel test {method!r}; choose one of {', '.join(PIXEL_TESTS)}.")
     if method == "mannwhitney":

@@ -30,15 +30,15 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import scipy.sparse as sp
 
 from ..errors import LayoutError
-from ._layout import GEOMETRIES, GenomapLayout, _check_shape, square_shape
+from ._layout import GEOMETRIES, GenomapLayout, _check_shape, grid_shape
 
-__all__ = ["compute_layout", "gene_correlation", "radial_rings", "pixel_coordinates"]
+__all__ = ["compute_layout", "gene_correlation", "pixel_coordinates", "radial_rings"]
 
 # rows converted to dense float32 at a time while accumulating the gene-gene covariance
 _CORR_CHUNK_ELEMENTS = 8_000_000
@@ -358,14 +358,15 @@ def _place_in_rings(ring: np.ndarray, pix_ring: np.ndarray, pix_angle: np.ndarra
 
 
 # ----------------------------------------------------------------------------- public
-def compute_layout(X, shape=(54, 54), genes: Sequence[str] | None = None, geometry: str = "euclidean",
+def compute_layout(X, shape=None, genes: Sequence[str] | None = None, geometry: str = "euclidean",
                    seed: int = 0, max_iter: int | None = None, tol: float = 1e-4) -> GenomapLayout:
     """Compute a genomap layout: a one-to-one gene -> pixel assignment of a ``rows x cols`` grid.
 
     Parameters
     ----------
     X : cells x genes matrix (dense or scipy sparse; AnnData uses ``.X``), finite values.
-    shape : (rows, cols) with ``rows * cols >= n_genes``; None = the smallest square that fits.
+    shape : (rows, cols) with ``rows * cols >= n_genes``; None (default) = :func:`grid_shape` (the
+        smallest square that fits, less any empty rows: 54 x 54 for 2,916 genes).
         With fewer genes than pixels the genes take the first ``n_genes`` pixels (row-major for
         ``"euclidean"``, the genomap package's column-major order for ``"radial"``); the other pixels
         stay empty (masked, NaN in :meth:`GenomapLayout.project`).
@@ -395,12 +396,12 @@ def compute_layout(X, shape=(54, 54), genes: Sequence[str] | None = None, geomet
     if n < 1:
         raise LayoutError("X has no gene columns; a genomap needs at least one gene.")
     if shape is None:
-        shape = square_shape(n)
+        shape = grid_shape(n)
     rows, cols = _check_shape(shape)
     if n > rows * cols:
-        k = square_shape(n)
+        k = grid_shape(n)
         raise LayoutError(f"{n} genes do not fit a {rows} x {cols} genomap ({rows * cols} pixels). Use a "
-                          f"bigger shape: the smallest square that fits is shape={k} ({k[0] * k[1]} pixels), "
+                          f"bigger shape: the smallest grid that fits is shape={k} ({k[0] * k[1]} pixels), "
                           f"or select at most {rows * cols} genes.")
     R = gene_correlation(Xm)
     t_corr = time.perf_counter() - t0

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -13,7 +14,7 @@ import scipy.sparse as sp
 from .._utils import json_safe as _json_safe
 from ..errors import LayoutError
 
-__all__ = ["GenomapLayout", "square_shape", "LAYOUT_FORMAT", "LAYOUT_VERSION"]
+__all__ = ["LAYOUT_FORMAT", "LAYOUT_VERSION", "GenomapLayout", "grid_shape"]
 
 LAYOUT_FORMAT = "napari-scmedal.genomap-layout"
 LAYOUT_VERSION = 1
@@ -23,15 +24,20 @@ GEOMETRIES = ("euclidean", "radial")
 _PROJECT_CHUNK_ELEMENTS = 1_000_000  # ~4 MB float32 per chunk: stays in cache
 
 
-def square_shape(n_genes: int) -> tuple[int, int]:
-    """Smallest square grid ``(k, k)`` with at least ``n_genes`` pixels (``k = ceil(sqrt(n))``)."""
+def grid_shape(n_genes: int) -> tuple[int, int]:
+    """The genomap grid of ``n_genes`` genes: the smallest square that fits, less any empty rows.
+
+    ``(rows, k)`` with ``k = ceil(sqrt(n))`` columns and the fewest rows that hold every gene
+    (2,916 -> (54, 54), 3,000 -> (55, 55), 300 -> (17, 18), 90 -> (9, 10)). Every default in the
+    package (compute_layout, ensure_layout, the model widget) uses this rule.
+    """
     n = int(n_genes)
     if n < 1:
         raise LayoutError(f"A genomap needs at least one gene, got {n_genes}. Pass a matrix with gene columns.")
     k = math.isqrt(n)
     if k * k < n:
         k += 1
-    return (k, k)
+    return (-(-n // k), k)
 
 
 def _check_shape(shape) -> tuple[int, int]:
@@ -77,7 +83,7 @@ class GenomapLayout:
         rows, cols = self.shape
         if n > rows * cols:
             raise LayoutError(f"{n} genes do not fit a {rows} x {cols} grid ({rows * cols} pixels); "
-                              f"use shape={square_shape(n)} or larger.")
+                              f"use shape={grid_shape(n)} or larger.")
         if n and (pog.min() < 0 or pog[:, 0].max() >= rows or pog[:, 1].max() >= cols):
             raise LayoutError(f"pixel_of_gene has positions outside the {rows} x {cols} grid. "
                               "The layout is corrupt: recompute it with compute_layout().")
@@ -222,7 +228,7 @@ class GenomapLayout:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "GenomapLayout":
+    def from_dict(cls, d: dict[str, Any]) -> GenomapLayout:
         """Rebuild a layout from :meth:`to_dict` output; LayoutError if it is not one."""
         if not isinstance(d, dict) or d.get("format") != LAYOUT_FORMAT:
             raise LayoutError("This is not a napari-scmedal genomap layout (missing or wrong 'format'). "

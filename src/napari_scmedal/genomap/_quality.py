@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.stats import rankdata
+from scipy.stats import spearmanr
 
 from ..errors import LayoutError
 from ._compute import gene_correlation
 from ._layout import GenomapLayout
 
-__all__ = ["zscore_stack", "layout_quality"]
+__all__ = ["layout_quality", "zscore_stack"]
 
 
 def zscore_stack(matrices: Sequence) -> list[np.ndarray]:
@@ -70,11 +70,11 @@ def _pairs(n: int, max_pairs: int, rng) -> tuple[np.ndarray, np.ndarray]:
     return i[keep][:max_pairs], k[keep][:max_pairs]
 
 
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a = a - a.mean()
-    b = b - b.mean()
-    den = np.sqrt((a @ a) * (b @ b))
-    return float(a @ b / den) if den > 0 else float("nan")
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman correlation (NaN when either side is constant)."""
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(spearmanr(a, b).statistic)
 
 
 def _neighbour_mean(R: np.ndarray, grid: np.ndarray) -> float:
@@ -129,17 +129,16 @@ def layout_quality(layout: GenomapLayout, X, seed: int = 0, max_pairs: int = 5_0
     i, k = _pairs(n, max_pairs, rng)
     dc = 1.0 - R[i, k]
     del R
-    rank_dc = rankdata(dc)
     pos = layout.pixel_of_gene.astype(np.float64)
     rpos = rand_pog.astype(np.float64)
     d_lay = np.hypot(*(pos[i] - pos[k]).T)
     d_rand = np.hypot(*(rpos[i] - rpos[k]).T)
-    out["spearman"] = _pearson(rank_dc, rankdata(d_lay))
-    out["spearman_random"] = _pearson(rank_dc, rankdata(d_rand))
+    out["spearman"] = _spearman(dc, d_lay)
+    out["spearman_random"] = _spearman(dc, d_rand)
     # the mean pixel distance over pairs is the same for any placement on the same pixels (all pairs);
     # use the layout's sample for the scale so layout and random are scored on one scale
     s = dc.mean() / d_lay.mean() if d_lay.mean() > 0 else 1.0
     out["gw_objective"] = float(np.mean((dc - s * d_lay) ** 2))
     out["gw_objective_random"] = float(np.mean((dc - s * d_rand) ** 2))
-    out["n_pairs"] = int(len(i))
+    out["n_pairs"] = len(i)
     return out

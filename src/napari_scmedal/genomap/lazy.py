@@ -6,7 +6,7 @@
 
 Each chunk of ``chunk_cells`` cells is one call of ``model.get_version(version, adata, rows=(a, b))``
 (which reads only those rows, from the file for on-disk data) followed by ``layout.project``. Building
-the stack does only cheap work: the genomap layout (``compare.ensure_layout``: once per model, on a
+the stack does only cheap work: the genomap layout (``genomap.ensure_layout``: once per model, on a
 sample of 2,000 cells), the number of cells and, for an explicit ``adata``, the alignment of its
 metadata to the model's recipe (so a mismatch fails here, not later in a viewer's slicing thread).
 
@@ -28,11 +28,12 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ..errors import DataError, LayoutError, ScMEDALError
+from ..errors import DataError, ScMEDALError
+from ..versions import CF_DEFAULT, check_version
+from .ensure import ensure_layout, layout_columns
 
-__all__ = ["LazyGenomaps", "difference_stack", "genomap_stack", "stack_limits", "stack_source"]
+__all__ = ["LazyGenomaps", "difference_stack", "genomap_stack", "stack_source"]
 
-_BASE_VERSIONS = ("original", "fe", "fec", "re")
 _LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 _SOURCES: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # stack name -> its LazyGenomaps
@@ -53,60 +54,12 @@ def _model_lock(model) -> threading.RLock:
         return lock
 
 
-def _check_version(model, version, method) -> str:
-    """Validate ``version`` (and ``method`` for counterfactuals) against the model; returns it as a str."""
-    if not isinstance(version, str):
-        raise ScMEDALError(f"version must be a string such as 'original', 'fe', 're' or 'cf:<batch>', "
-                           f"got {version!r}.")
-    trained = list(getattr(model, "trained_kinds", []) or [])
-    batches = [str(b) for b in model.batches]
-    if version in _BASE_VERSIONS:
-        if version != "original" and version not in trained:
-            raise ScMEDALError(f"version {version!r} needs the trained {version.upper()} network, but this model "
-                               f"has {trained or 'no trained network'}; call model.train() first (or use "
-                               f"version='original', which needs no training).")
-        return version
-    if version.startswith("cf:"):
-        batch = version[3:]
-        if batch not in batches:
-            shown = batches if len(batches) <= 20 else batches[:20] + ["..."]
-            raise DataError(f"unknown target batch {batch!r} in version {version!r}; the model knows these "
-                            f"batches: {shown}. Write 'cf:<one of them>'.")
-        from ..model import CF_METHODS
-
-        if method not in CF_METHODS:
-            raise ScMEDALError(f"unknown counterfactual method {method!r}; use one of {list(CF_METHODS)} (the "
-                               f"first is the default).")
-        need = ["re"] if method == "reference" else ["fe", "re"]
-        missing = [k for k in need if k not in trained]
-        if missing:
-            raise ScMEDALError(f"counterfactuals ({method!r}) need the trained {' and '.join(k.upper() for k in need)} "
-                               f"networks; {', '.join(k.upper() for k in missing)} not trained yet. Call "
-                               f"model.train() first.")
-        return version
-    raise ScMEDALError(f"unknown version {version!r}; use 'original', 'fe', 're' or 'cf:<batch>' with a batch "
-                       f"among {batches[:5]}{' ...' if len(batches) > 5 else ''}.")
-
-
-def _layout_columns(layout, genes) -> np.ndarray:
-    import pandas as pd
-
-    pos = pd.Index([str(g) for g in genes]).get_indexer([str(g) for g in layout.genes])
-    if (pos < 0).any():
-        missing = [str(g) for g, p in zip(layout.genes, pos) if p < 0][:5]
-        raise LayoutError(f"The genomap layout has genes the model does not use ({missing} ...). Use the model's "
-                          f"own layout (model.layout) or recompute it with compare.ensure_layout(model, force=True).")
-    return pos
-
-
 def _resolve_layout(model, adata, layout):
     if layout is not None:
-        _layout_columns(layout, model.genes)  # validated, not attached
+        layout_columns(layout, model.genes)  # validated, not attached
         return layout
     if getattr(model, "layout", None) is not None:
         return model.layout
-    from ..compare import ensure_layout
-
     try:
         return ensure_layout(model, seed=0)  # on the model's own (training) cells
     except DataError:
@@ -156,7 +109,7 @@ class LazyGenomaps:
         self.version = version
         self.method = method
         self.layout = layout
-        self.columns = _layout_columns(layout, model.genes)
+        self.columns = layout_columns(layout, model.genes)
         self.n_cells = int(n_cells)
         self.chunk_cells = int(chunk_cells)
         self.dtype = np.dtype(dtype)
@@ -225,7 +178,7 @@ def _as_dask(source: LazyGenomaps, name_prefix: str):
 
 
 def genomap_stack(model, adata=None, version: str = "original", *, chunk_cells: int = 64,
-                  method: str = "balanced", layout=None, dtype=np.float32, cache_chunks: int = 4):
+                  method: str = CF_DEFAULT, layout=None, dtype=np.float32, cache_chunks: int = 4):
     """Genomaps of every cell as a lazy ``dask.array.Array`` of shape ``(n_cells, rows, cols)``.
 
     Parameters
@@ -262,7 +215,7 @@ def genomap_stack(model, adata=None, version: str = "original", *, chunk_cells: 
     if dt.kind != "f":
         raise ScMEDALError(f"dtype must be a floating type (empty pixels are NaN), got {dt}; use np.float32 "
                            "or np.float16.")
-    version = _check_version(model, version, method)
+    version = check_version(model, version, method)
     data, n = _resolve_adata(model, adata)
     layout = _resolve_layout(model, adata if data is None else data, layout)
     source = LazyGenomaps(model, data, version, method, layout, n, int(chunk_cells), dt, int(cache_chunks))
@@ -281,33 +234,8 @@ def difference_stack(model, adata=None, version_a: str = "fe", version_b: str = 
     """Lazy ``genomap_stack(version_a) - genomap_stack(version_b)`` on the same layout (e.g. a
     counterfactual minus the original: the batch effect of every cell). Same keyword arguments."""
     layout = kwargs.pop("layout", None)
-    version_a = _check_version(model, version_a, kwargs.get("method", "balanced"))
-    version_b = _check_version(model, version_b, kwargs.get("method", "balanced"))
+    version_a = check_version(model, version_a, kwargs.get("method", CF_DEFAULT))
+    version_b = check_version(model, version_b, kwargs.get("method", CF_DEFAULT))
     a = genomap_stack(model, adata, version_a, layout=layout, **kwargs)
     b = genomap_stack(model, adata, version_b, layout=stack_source(a).layout, **kwargs)
     return a - b
-
-
-def stack_limits(stack, n_chunks: int = 3, percentiles=(1.0, 99.0), symmetric: bool = False,
-                 seed: int = 0) -> tuple[float, float]:
-    """Contrast limits from a sample of ``n_chunks`` chunks of a lazy stack (the first one and random
-    others), never the whole stack: the ``percentiles`` of the finite values, or ``(-d, d)`` with ``d``
-    the upper percentile of the absolute values when ``symmetric`` (differences)."""
-    n_blocks = stack.numblocks[0]
-    if n_blocks == 0 or stack.shape[0] == 0:
-        raise DataError("the stack has no cells; build it on data with at least one cell.")
-    rng = np.random.default_rng(seed)
-    k = max(1, min(int(n_chunks), n_blocks))
-    picks = [0] + sorted(rng.choice(np.arange(1, n_blocks), k - 1, replace=False).tolist()) if n_blocks > 1 else [0]
-    vals = np.concatenate([np.asarray(stack.blocks[i].compute()).ravel() for i in picks])
-    vals = vals[np.isfinite(vals)]
-    if vals.size == 0:
-        return (0.0, 1.0)
-    if symmetric:
-        d = float(np.percentile(np.abs(vals), percentiles[1]))
-        d = d if d > 0 else 1.0
-        return (-d, d)
-    lo, hi = (float(v) for v in np.percentile(vals, percentiles))
-    if hi <= lo:
-        hi = lo + 1.0
-    return (lo, hi)
