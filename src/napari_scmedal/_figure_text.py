@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import re
 import textwrap
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from matplotlib.colors import TwoSlopeNorm
+from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .errors import ScMEDALError
-
 
 MM = 1.0 / 25.4  # inches per millimetre
 DEFAULT_WIDTH_MM = 180.0  # a full-page figure
@@ -27,6 +27,16 @@ TITLE_PT = 8.0  # the figure title
 PAD = 1.0 * MM  # page margin
 TIGHT_PAD = 0.03  # inches kept around a figure saved with a tight bounding box
 SAVE_RC = {"svg.fonttype": "none", "pdf.fonttype": 42, "ps.fonttype": 42}
+EXPRESSION_CMAP = "viridis"
+DIFFERENCE_CMAP = "RdBu_r"
+OWN_BATCH_COLOR = "#e8590c"
+EMPTY_PIXEL_COLOR = "#d9d9d9"
+GENE_COLOR = "#d62728"
+
+def _cmap(name: str):
+    cm = colormaps[name].copy()
+    cm.set_bad(EMPTY_PIXEL_COLOR)
+    return cm
 
 
 class FigureFormatError(ScMEDALError, ValueError):

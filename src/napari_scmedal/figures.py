@@ -24,47 +24,61 @@ headless.  Pure core: no Qt, no napari.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib
 import numpy as np
-from matplotlib import colormaps
 from matplotlib.colors import Normalize, TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from ._figure_text import (DEFAULT_WIDTH_MM, FONT_PT, MAX_TILE_MM, MIN_FONT_PT, MM, PAD, SAVE_RC, SMALL_PT,  # noqa: F401
-                           TIGHT_PAD, TITLE_PT, FigureFormatError, _bar_block_height, _check_size, _colorbar,
-                           _fit_column_titles, _Meter, _new_figure, _place_bars, _spread, _wrap, display_name,
-                           short_name)
 from ._figure_marks import HIGHLIGHT_COLOR, TileMarks
+from ._figure_pixeltest import pixel_test_figure
+from ._figure_text import (  # noqa: F401
+    DEFAULT_WIDTH_MM,
+    DIFFERENCE_CMAP,
+    EMPTY_PIXEL_COLOR,
+    EXPRESSION_CMAP,
+    FONT_PT,
+    GENE_COLOR,
+    MAX_TILE_MM,
+    MIN_FONT_PT,
+    MM,
+    OWN_BATCH_COLOR,
+    PAD,
+    SAVE_RC,
+    SMALL_PT,
+    TIGHT_PAD,
+    TITLE_PT,
+    FigureFormatError,
+    _bar_block_height,
+    _check_size,
+    _cmap,
+    _colorbar,
+    _fit_column_titles,
+    _Meter,
+    _new_figure,
+    _place_bars,
+    _spread,
+    _wrap,
+    display_name,
+    short_name,
+)
 from ._utils import atomic_output
 
 __all__ = [
-    "FIGURE_FORMATS",
     "DEFAULT_WIDTH_MM",
+    "FIGURE_FORMATS",
     "MIN_FONT_PT",
     "FigureFormatError",
     "comparison_figure",
+    "display_name",
     "pixel_test_figure",
     "save_figure",
-    "display_name",
     "short_name",
 ]
 
 FIGURE_FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf", ".tif": "tiff", ".tiff": "tiff"}
-EXPRESSION_CMAP = "viridis"
-DIFFERENCE_CMAP = "RdBu_r"
-OWN_BATCH_COLOR = "#e8590c"
-EMPTY_PIXEL_COLOR = "#d9d9d9"
-GENE_COLOR = "#d62728"
-
-def _cmap(name: str):
-    cm = colormaps[name].copy()
-    cm.set_bad(EMPTY_PIXEL_COLOR)
-    return cm
-
-
 def comparison_figure(
     comparison,
     columns: Sequence[str] | None = None,
@@ -281,7 +295,6 @@ def comparison_figure(
             th, col, bars, label_ws, bar_h = vertical_layout(tile_w)
             note = note_lines(capacities())
         H = given_h
-    note_h = note_height(note)
     content_w = left_w + n_c * tile_w + (n_c - 1) * hgap + gene_w
     x_off = max(0.0, (W - 2 * PAD - content_w) / 2)
     content_h = fixed_h(col[4], bar_h) - 2 * PAD + n_r * th
@@ -361,8 +374,7 @@ def comparison_figure(
                         va="center", fontsize=SMALL_PT, color=color, clip_on=False)
                 r_in = (marks.ring_diameter(px_pt) if hl[k] else marker_d) / 2 / 72
                 xs = [mx[k] + r_in, gx1 + 1.0 * MM, gx1 + leader - 0.6 * MM]
-                if xs[0] >= xs[1]:
-                    xs[0] = xs[1]
+                xs[0] = min(xs[1], xs[0])
                 fig.add_artist(Line2D([x / W for x in xs], [my[k] / H, my[k] / H, yk / H],
                                       transform=fig.transFigure, color=color, lw=0.4, alpha=0.85,
                                       solid_joinstyle="round", solid_capstyle="round"))
@@ -380,89 +392,6 @@ def comparison_figure(
     fig._scmedal_fitted = True  # laid out to fill its size: save as is, no tight cropping
     fig._scmedal_gene_labels_shown = shown
     fig._scmedal_marks = mark_artists  # rings, outlines, gene names and set scores drawn on the tiles
-    return fig
-
-
-# ----------------------------------------------------------------------------------------------
-# the pixel-test panel
-# ----------------------------------------------------------------------------------------------
-def pixel_test_figure(result, background: np.ndarray | None = None, title: str | None = None,
-                      size: tuple[float, float | None] | None = None, dpi: int = 100) -> Figure:
-    """Two panels for a :class:`~napari_scmedal.analysis.PixelTestResult`: the group difference
-    (mean B - mean A, diverging) and -log10 q with significant pixels outlined; with
-    ``background`` (a genomap) the significant pixels are overlaid on it instead.
-
-    ``size``: ``(width, height)`` in inches, height ``None`` derived; default at most 180 mm
-    wide (panels are capped at 60 mm).  Fonts stay >= 6 pt."""
-    given_w, given_h = (None, None) if size is None else _check_size(size)
-    meter = _Meter()
-    W = given_w if given_w is not None else DEFAULT_WIDTH_MM * MM
-    gap = 8 * MM
-    n_pr, n_pc = np.shape(result.diff)[:2]
-    aspect = n_pr / max(n_pc, 1)
-    pw = (W - 2 * PAD - gap) / 2
-    if given_w is None:
-        pw = min(pw, 60 * MM)
-        W = 2 * PAD + gap + 2 * pw
-    pw = max(pw, 2 * MM)
-    n_sig = int(np.asarray(result.significant, dtype=bool).sum())
-    test_name = getattr(result, "description", "Mann-Whitney U per pixel")
-    title = title or f"{test_name}: {n_sig} significant pixel(s) (n={result.n_a} vs {result.n_b})"
-    sup = _wrap(meter, title, TITLE_PT, W - 2 * PAD)[0]
-    sup_h = meter.size(sup, TITLE_PT)[1] + 1.5 * MM
-    coef = getattr(result, "test", "") == "mixedlm"  # the model's coefficient, not a raw mean difference
-    titles = [f"{result.group_b} \u2212 {result.group_a} (model coefficient)" if coef
-              else f"mean {result.group_b} \u2212 mean {result.group_a}",
-              ("genomap" if background is not None else "\u2212log10 q")
-              + f"; grey: not significant (q \u2265 {result.alpha:g})"]
-    titles = [_wrap(meter, t, FONT_PT, pw)[0] for t in titles]
-    t_h = max(meter.size(t, FONT_PT)[1] for t in titles) + 2 / 72
-    bar_w = min(pw, 45 * MM)
-    bar_labels = ["difference", "expression" if background is not None else "\u2212log10 q"]
-    bar_h = _bar_block_height(meter, bar_labels, bar_w + 4 * MM)
-    ph = pw * aspect
-    fixed = 2 * PAD + sup_h + t_h + bar_h
-    H = fixed + ph
-    if given_h is not None:
-        if given_h < H:
-            ph = max(2 * MM, given_h - fixed)
-            pw = min(pw, ph / aspect)
-            ph = pw * aspect
-        H = given_h
-    x_off = max(0.0, (W - 2 * PAD - gap - 2 * pw) / 2)
-    y_off = max(0.0, (H - fixed - ph) / 2)
-    fig = _new_figure((W, H), dpi)
-    py0 = H - PAD - y_off - sup_h - t_h - ph
-    axs = [fig.add_axes(((PAD + x_off + k * (pw + gap)) / W, py0 / H, pw / W, ph / H)) for k in range(2)]
-    d = np.ma.masked_invalid(result.diff)
-    lim = float(np.nanmax(np.abs(result.diff))) if np.isfinite(result.diff).any() else 1.0
-    lim = lim if lim > 0 else 1.0
-    im0 = axs[0].imshow(d, cmap=_cmap(DIFFERENCE_CMAP), norm=TwoSlopeNorm(0.0, -lim, lim),
-                        interpolation="nearest", aspect="auto")
-    sig = np.asarray(result.significant, dtype=bool)
-    if background is not None:
-        im1 = axs[1].imshow(np.ma.masked_invalid(background), cmap=_cmap(EXPRESSION_CMAP),
-                            interpolation="nearest", aspect="auto")
-    else:
-        with np.errstate(divide="ignore"):
-            lq = -np.log10(result.q)
-        im1 = axs[1].imshow(np.ma.masked_invalid(lq), cmap=_cmap("magma"), interpolation="nearest",
-                            aspect="auto")
-    # the boolean overlay: pixels that are not significant are greyed out
-    grey = np.zeros(sig.shape + (4,), dtype=np.float32)
-    grey[~sig] = (0.85, 0.85, 0.85, 0.9)
-    axs[1].imshow(grey, interpolation="nearest", aspect="auto")
-    for ax, t in zip(axs, titles):
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_title(t, fontsize=FONT_PT, pad=2)
-    bar_y = py0 - 1.8 * MM - 2.0 * MM
-    for ax, im, lab in zip(axs, (im0, im1), bar_labels):
-        c = (ax.get_position().x0 + ax.get_position().x1) / 2 * W
-        _colorbar(fig, im, ((c - bar_w / 2) / W, bar_y / H, bar_w / W, 2.0 * MM / H), lab, bar_w + 4 * MM,
-                  meter)
-    fig.suptitle(sup, fontsize=TITLE_PT, x=0.5, y=1 - (PAD + y_off) / H, va="top")
-    fig._scmedal_fitted = True
     return fig
 
 
