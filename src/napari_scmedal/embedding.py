@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .selection import subsample
+
 
 def fit_pca_2d(Xfit, seed=0):
     """Fit two principal axes on the rows of ``Xfit``; return ``project(X) -> (n, 2) float32`` for any
@@ -32,11 +34,6 @@ def fit_pca_2d(Xfit, seed=0):
     return project
 
 
-def sample_rows(n: int, max_fit: int, seed: int = 0) -> np.ndarray:
-    """All rows when ``n <= max_fit``, else a seeded sorted sample of ``max_fit`` rows."""
-    return np.arange(n) if n <= max_fit else np.sort(np.random.default_rng(seed).choice(n, max_fit, replace=False))
-
-
 def pca_2d(X, seed=0, max_fit=5000):
     """First two principal components of the rows of ``X`` (dense or sparse), float32 (n, 2).
 
@@ -46,7 +43,7 @@ def pca_2d(X, seed=0, max_fit=5000):
     n = X.shape[0]
     if n < 2 or X.shape[1] < 1:
         return np.zeros((n, 2), np.float32)
-    return fit_pca_2d(X[sample_rows(n, max_fit, seed)], seed)(X)
+    return fit_pca_2d(X[subsample(n, max_fit, seed)], seed)(X)
 
 
-__all__ = ["fit_pca_2d", "pca_2d", "sample_rows"]
+__all__ = ["fit_pca_2d", "pca_2d"]

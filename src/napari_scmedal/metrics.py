@@ -26,6 +26,7 @@ import numpy as np
 from ._metrics_baselines import BASELINES, baseline_latents, check_baselines, harmony_latent, pca_latent
 from ._metrics_lisi import N_NEIGHBORS, clisi, ilisi, kmeans_nmi_ari, knn, lisi
 from .errors import DataError
+from .selection import subsample as _subsample_rows  # the parameter "subsample" shadows the name
 
 __all__ = ["cluster_scores", "latent_scores", "mixed_effects_classification", "evaluate_model",
            "counterfactual_holdout", "metric_goal", "metrics_rows", "lisi", "ilisi", "clisi", "kmeans_nmi_ari",
@@ -63,13 +64,6 @@ def metric_goal(latent: str, by: str, metric: str | None = None) -> str:
     return "higher"
 
 
-def _subsample(n: int, size: int | None, seed: int) -> np.ndarray:
-    if size is None or size >= n:
-        return np.arange(n)
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(n, size=int(size), replace=False))
-
-
 def _known(groups: np.ndarray) -> np.ndarray:
     """Cells with a known group (not None, NaN or -1)."""
     if groups.dtype == object:
@@ -92,7 +86,7 @@ def cluster_scores(latent, groups, subsample: int | None = 10000, seed: int = 0)
                         f"group per latent row.")
     keep = _known(groups)
     latent, groups = latent[keep], groups[keep]
-    idx = _subsample(latent.shape[0], subsample, seed)
+    idx = _subsample_rows(latent.shape[0], subsample, seed)
     x, g = latent[idx], groups[idx]
     k = len(np.unique(g))
     if k < 2 or k >= len(g):
@@ -115,7 +109,7 @@ def latent_scores(latent, batch, label=None, subsample: int | None = 10000, seed
     cluster per label, ``seed``). The LISI scores use ``n_neighbors`` neighbours (scIB: 90, perplexity 30).
     """
     latent = np.asarray(latent, dtype=np.float64)
-    idx = _subsample(latent.shape[0], subsample, seed)
+    idx = _subsample_rows(latent.shape[0], subsample, seed)
     x, b = latent[idx], np.asarray(batch)[idx]
     out = {"batch": cluster_scores(x, b, None)}
     keep_b = _known(b)
