@@ -20,17 +20,25 @@ import pytest
 FULL_CELLBENCH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cellbench_5batches.h5ad"
 
 
-@pytest.fixture(autouse=True)
-def _single_thread_torch():
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a runtime dependency
-        yield
-        return
+@pytest.fixture(scope="session", autouse=True)
+def _single_thread_torch_session():
+    """One torch thread for the whole run, module- and session-scoped fixtures included (they are set up
+    before any function-scoped fixture): the only place tests set the thread count."""
+    import torch
+
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(autouse=True)
+def _single_thread_torch(_single_thread_torch_session):
+    """Back to one thread after every test (a test may train with threads=N)."""
+    import torch
+
+    yield
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
@@ -40,19 +48,12 @@ def _plugin_config_dir(monkeypatch, tmp_path):
 
 @pytest.fixture(scope="session")
 def sample_model():
-    import torch
-
     from napari_scmedal.datasets import cellbench
     from napari_scmedal.model import ScMEDAL
 
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        adata = cellbench()
-        model = ScMEDAL(adata, batch_key="batch", label_key="cell_line", n_genes=256, preset="quick", seed=0)
-        model.train(max_epochs=3, health_warnings=False)
-    finally:
-        torch.set_num_threads(old)
+    adata = cellbench()
+    model = ScMEDAL(adata, batch_key="batch", label_key="cell_line", n_genes=256, preset="quick", seed=0)
+    model.train(max_epochs=3, health_warnings=False)
     return model, adata
 
 

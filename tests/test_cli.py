@@ -17,13 +17,6 @@ import pytest
 from napari_scmedal.cli import build_parser, main
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    torch.set_num_threads(1)
-
-
 N_GENES = 49  # 7 x 7 genomaps
 
 

@@ -26,13 +26,6 @@ from napari_scmedal.figures import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    torch.set_num_threads(1)
-
-
 def _comparison(n_rows=2, batches=("b0", "b1", "b2"), shape=(6, 6), seed=0):
     rng = np.random.default_rng(seed)
     orig = rng.uniform(0, 3, size=(n_rows, *shape)).astype(np.float32)

@@ -126,9 +126,6 @@ def test_default_pairs_and_bad_input():
 # ------------------------------------------------------------------------------ the harness
 @pytest.fixture(scope="module")
 def observed_run():
-    import torch
-
-    torch.set_num_threads(1)
     a = _data()
     infos = []
     df = _quiet(counterfactual_holdout, a, "batch", "cell_type", pairs=[PAIR], methods=("matched", "reference"),
