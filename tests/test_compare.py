@@ -117,7 +117,10 @@ def _expected_image(model, vec):
 
 
 def test_names_kinds_shapes_and_order(small):
+    from napari_scmedal.model import ModelLike, VersionsModel
+
     a, m = small
+    assert isinstance(m, ModelLike) and not isinstance(m, VersionsModel)  # the double implements the contract
     comp = compare_cells(m, [0, 5])
     exp_names = [ORIGINAL, FE_RECON, RE_RECON] + [counterfactual_name(b) for b in m.batches]
     assert comp.names[: len(exp_names)] == exp_names

@@ -52,6 +52,9 @@ def test_training_trains_fe_fec_re_and_reports_progress(trained):
 
 
 def test_shapes_and_units(trained, syn):
+    from napari_scmedal.model import VersionsModel
+
+    assert isinstance(trained, VersionsModel)  # what comparisons and lazy stacks rely on
     n = trained._prepared.X.shape[0]
     for k in ("fe", "fec", "re"):
         assert trained.get_latent_representation(k).shape == (n, 8)

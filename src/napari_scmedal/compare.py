@@ -23,7 +23,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -49,6 +49,9 @@ from .versions import (
     check_target_batches,
     counterfactual_name,
 )
+
+if TYPE_CHECKING:
+    from .model._protocols import ModelLike
 
 __all__ = [
     "FE_MINUS_ORIGINAL",
@@ -226,7 +229,7 @@ def _chunk_versions(model, chunk, batches, extra, g):
 
 
 def compare_cells(
-    model,
+    model: ModelLike,
     cells,
     target_batches: Sequence[str] | None = None,
     adata=None,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -25,12 +25,15 @@ from ..errors import DataError, LayoutError
 from ..selection import subsample
 from ._layout import grid_shape
 
+if TYPE_CHECKING:
+    from ..model._protocols import ModelLike, VersionsModel
+
 __all__ = ["ensure_layout", "grid_shape", "layout_columns", "training_adata", "zscore_reference"]
 
 _ZSCORE_CACHE: weakref.WeakKeyDictionary[Any, dict] = weakref.WeakKeyDictionary()
 
 
-def training_adata(model):
+def training_adata(model: ModelLike):
     """The model's training AnnData; a :class:`DataError` with the fix for a model loaded from a file."""
     return model._training_adata(None)
 
@@ -51,7 +54,7 @@ def layout_columns(layout, genes: Sequence[str]) -> np.ndarray:
     return pos
 
 
-def ensure_layout(model, adata=None, layout=None, shape=None, seed: int = 0, max_cells: int = 2000,
+def ensure_layout(model: VersionsModel, adata=None, layout=None, shape=None, seed: int = 0, max_cells: int = 2000,
                   force: bool = False):
     """Return the model's genomap layout, computing it once and attaching it if missing.
 
@@ -120,7 +123,7 @@ def _reference_cells(obs: pd.DataFrame, batch_key: str, label_key: str | None, n
     return np.sort(must)
 
 
-def zscore_reference(model, adata=None, n_cells: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def zscore_reference(model: ModelLike, adata=None, n_cells: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Per-gene mean and std over the reference stack, computed once and cached on the model.
 
     The stack is the input, FE, RE and every counterfactual of up to ``n_cells`` cells of ``adata``

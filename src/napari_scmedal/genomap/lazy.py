@@ -25,12 +25,16 @@ import threading
 import uuid
 import weakref
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import DataError, ScMEDALError
 from ..versions import CF_DEFAULT, check_version
 from .ensure import ensure_layout, layout_columns
+
+if TYPE_CHECKING:
+    from ..model._protocols import VersionsModel
 
 __all__ = ["LazyGenomaps", "difference_stack", "genomap_stack", "stack_source"]
 
@@ -177,7 +181,7 @@ def _as_dask(source: LazyGenomaps, name_prefix: str):
                     meta=np.empty((0, 0, 0), dtype=source.dtype))
 
 
-def genomap_stack(model, adata=None, version: str = "original", *, chunk_cells: int = 64,
+def genomap_stack(model: VersionsModel, adata=None, version: str = "original", *, chunk_cells: int = 64,
                   method: str = CF_DEFAULT, layout=None, dtype=np.float32, cache_chunks: int = 4):
     """Genomaps of every cell as a lazy ``dask.array.Array`` of shape ``(n_cells, rows, cols)``.
 

@@ -2,7 +2,8 @@
 
 Comparisons (:mod:`napari_scmedal.compare`), genomap stacks (:mod:`napari_scmedal.genomap`), gene sets and
 figures accept any object with these attributes: a :class:`~napari_scmedal.model.ScMEDAL`, or a small test
-double (:class:`ModelLike`; :class:`VersionsModel` adds the batched versions API a real model has).
+double (:class:`ModelLike`, what :func:`~napari_scmedal.compare.compare_cells` needs; :class:`VersionsModel`
+adds what lazy genomap stacks need).
 Type hints there name these protocols instead of importing the model class, so those modules do
 not depend on the model's implementation.
 """
@@ -21,11 +22,8 @@ __all__ = ["ModelLike", "VersionsModel"]
 class ModelLike(Protocol):
     """A trained model as comparisons, genomap stacks and figures see it.
 
-    Required: the attributes and methods below. Optional (looked up with ``getattr``, so test doubles may
-    leave them out): ``predict_versions`` (the batched path; else ``get_reconstruction`` and
-    ``get_counterfactual_expression`` per version), ``n_cells`` and ``_prepare`` (the model's own cells
-    without an AnnData), ``_training_adata`` (else ``adata`` / ``_adata``), ``trained_kinds`` and
-    ``set_layout`` (when ``layout`` is read-only).
+    Every version of a cell comes from :meth:`predict_versions` (the model's one versions path); there are
+    no fallbacks, so a test double implements exactly these members.
     """
 
     #: The preprocessing recipe: ``batch_key``, ``label_key``, ``layer``, ``transform``, ``align``, ...
@@ -41,24 +39,21 @@ class ModelLike(Protocol):
     def batches(self) -> list[str]:
         """The batches the model knows."""
 
-    def get_reconstruction(self, kind: str = "fe", adata=None, scaled: bool = False) -> np.ndarray:
-        """``(n_cells, n_genes)`` reconstruction by ``kind`` in log1p units."""
+    def predict_versions(self, adata=None, batches: Sequence[str] | None = None, method: str = ...,
+                         rows=None) -> dict[str, np.ndarray]:
+        """``{"original", "fe", "re", "batch", "cf:<b>"...}`` for the cells, log1p units."""
 
-    def get_counterfactual_expression(self, target_batch=None, adata=None, *args, **kwargs) -> np.ndarray:
-        """``(n_cells, n_genes)`` counterfactual into ``target_batch`` in log1p units."""
+    def _training_adata(self, adata=None) -> Any:
+        """``adata``, or the model's training AnnData (an error with the fix when it has none)."""
 
 
 @runtime_checkable
 class VersionsModel(ModelLike, Protocol):
-    """A :class:`ModelLike` with the batched versions API (what a real :class:`ScMEDAL` offers)."""
+    """A :class:`ModelLike` that also serves lazy stacks and layouts on its own cells (a real :class:`ScMEDAL`)."""
 
     @property
     def trained_kinds(self) -> list[str]:
         """The trained networks (``"fe"``, ``"fec"``, ``"re"``)."""
-
-    def predict_versions(self, adata=None, batches: Sequence[str] | None = None, method: str = ...,
-                         rows=None) -> dict[str, np.ndarray]:
-        """``{"original", "fe", "re", "batch", "cf:<b>"...}`` for the cells."""
 
     def get_version(self, version: str, adata=None, rows=None, method: str = ...) -> np.ndarray:
         """One version of the cells, ``(n_cells, n_genes)`` float32 in log1p units."""
