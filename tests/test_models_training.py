@@ -242,7 +242,7 @@ def test_runaway_adversarial_loss_is_flagged():
 def test_batch_center_penalty_measures_how_far_batch_means_sit_from_the_minibatch_mean():
     import torch
 
-    from napari_scmedal.models.training import batch_center_penalty
+    from napari_scmedal.models.tasks import batch_center_penalty
 
     g = torch.Generator().manual_seed(0)
     z = torch.randn(64, 4, generator=g)

@@ -14,7 +14,7 @@ from napari_scmedal.data.synthetic import make_synthetic
 from napari_scmedal.errors import ScMEDALError, TrainingHealthWarning
 from napari_scmedal.models.defaults import MIN_STEPS, derive_settings
 from napari_scmedal.models.health import BOUNDS, format_health
-from napari_scmedal.models.training import _eta
+from napari_scmedal.models.trainer import _eta
 from napari_scmedal.nn import refresh_bn_stats
 
 TINY = dict(hidden=[64, 16], latent=8, threads=1)

@@ -1,9 +1,12 @@
-"""Data layer: reading, validation, input-kind detection, preprocessing, recipes and splits.
+"""Data layer: reading, validation, input-kind detection, normalisation, preprocessing, recipes and splits
+(in memory, and out of core through :mod:`.ondisk`).
 
 Pure Python (no Qt, no napari). See docs/data.md.
 """
 
 from .io import read_h5ad, use_layer
+from .lazy import PreparedLike
+from .normalize import log_normalize, seurat_hvg, size_factors
 from .preprocess import TrainingData, prepare_training
 from .recipe import Prepared, Recipe
 from .splits import stratified_split
@@ -21,4 +24,8 @@ __all__ = [
     "Prepared",
     "stratified_split",
     "make_synthetic",
+    "log_normalize",
+    "size_factors",
+    "seurat_hvg",
+    "PreparedLike",
 ]

@@ -1,4 +1,4 @@
-"""Reading AnnData files without ever writing to them."""
+"""Reading AnnData files without ever writing to them, and the one check that a path is a readable ``.h5ad``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,35 @@ import anndata as ad
 import h5py
 
 from ..errors import DataError
+
+
+def check_h5ad_file(path) -> Path:
+    """The path of an existing HDF5 (``.h5ad``) file, checked before anything opens it.
+
+    Parameters
+    ----------
+    path
+        A path (str or path-like; ``~`` is expanded).
+
+    Returns
+    -------
+    pathlib.Path
+        The expanded path.
+
+    Raises
+    ------
+    DataError
+        If nothing exists there, it is a folder, or the file is not HDF5, each with the fix.
+    """
+    path = Path(os.fspath(path)).expanduser()
+    if not path.exists():
+        raise DataError(f"File not found: {path}. Check the path (an .h5ad file is expected).")
+    if path.is_dir():
+        raise DataError(f"{path} is a folder, not an .h5ad file. Pass the path of the .h5ad file itself.")
+    if not h5py.is_hdf5(path):
+        raise DataError(f"{path} is not an HDF5/.h5ad file. Convert it to .h5ad first (e.g. anndata.read_csv / "
+                        "scanpy.read_10x_h5 followed by adata.write_h5ad).")
+    return path
 
 
 def read_h5ad(path, layer: str | None = None) -> ad.AnnData:
@@ -28,16 +57,7 @@ def read_h5ad(path, layer: str | None = None) -> ad.AnnData:
     DataError
         If the file does not exist, is not an HDF5/h5ad file, or lacks the requested layer.
     """
-    path = Path(os.fspath(path)).expanduser()
-    if not path.exists():
-        raise DataError(f"File not found: {path}. Check the path (an .h5ad file is expected).")
-    if path.is_dir():
-        raise DataError(f"{path} is a folder, not an .h5ad file. Pass the path of the .h5ad file itself.")
-    if not h5py.is_hdf5(path):
-        raise DataError(
-            f"{path} is not an HDF5/.h5ad file. Convert it to .h5ad first "
-            "(e.g. anndata.read_csv / scanpy.read_10x_h5 followed by adata.write_h5ad)."
-        )
+    path = check_h5ad_file(path)
     try:
         # anndata opens the HDF5 file with mode "r" when not backed: nothing can be written.
         adata = ad.read_h5ad(path)
@@ -73,4 +93,4 @@ def use_layer(adata: ad.AnnData, layer: str, source: str | None = None) -> ad.An
     return adata
 
 
-__all__ = ["read_h5ad", "use_layer"]
+__all__ = ["check_h5ad_file", "read_h5ad", "use_layer"]

@@ -1,39 +1,40 @@
-"""Training preprocessing (docs/data.md; METHOD.md section 2), done with scanpy.
+"""Training preprocessing of an in-memory AnnData (docs/data.md; METHOD.md section 2).
 
 1. validate (:func:`validate_adata`) and decide the input kind;
-2. filter cells with < 10 detected genes, then genes detected in < 3 cells (``scanpy.pp.filter_cells`` /
-   ``filter_genes``);
-3. raw counts only: ``normalize_total(target_sum=1e4)`` then ``log1p`` (log-normalised input is used as is);
-4. ``highly_variable_genes(flavor="seurat", n_top_genes=n_genes)`` on the log data; genes keep their
-   original order;
+2. filter cells with < 10 detected genes, then genes detected in < 3 of the remaining cells
+   (:func:`detection_counts`; scanpy's ``filter_cells`` / ``filter_genes`` rule);
+3. raw counts only: total-count normalisation to ``TARGET_SUM`` = 1e4 over the genes that passed the filter,
+   then ``log1p`` (:func:`~napari_scmedal.data.normalize.log_normalize`); log-normalised input is used as is;
+4. the ``n_genes`` highly variable genes by the Seurat rule (:func:`~napari_scmedal.data.normalize.seurat_hvg`
+   from per-gene sums, block by block); genes keep their original order;
 5. stratified 60/20/20 split on batch x label (batch alone without label), every batch in training;
 6. one global min-max scaling whose min and max come from the *training split only*;
 7. batch and label one-hot codes over the sorted categories of the (filtered) data.
 
-Only the selected genes are ever densified (float32); a sparse input stays sparse until then. Their model
-inputs are computed by :meth:`Recipe.log_block`, the arithmetic shared with ``recipe.transform`` and the
-out-of-core reader (:mod:`napari_scmedal.data.ondisk`), so all three agree bit for bit.
+The data are read in blocks of rows and only the selected genes are ever densified (float32). The out-of-core
+path (:func:`napari_scmedal.data.stream.stream_prepare`) runs the same block functions over a file, and the model
+inputs of both come from :meth:`Recipe.log_block`, so the two paths and ``recipe.transform`` agree bit for bit.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scanpy as sc
 import scipy.sparse as sp
 
 from ..errors import DataError
+from .normalize import TARGET_SUM, hvg_from_sums, log_entries, moment_sums
 from .recipe import Prepared, Recipe, one_hot
 from .splits import stratified_split
 from .validation import check_batches, get_matrix, resolve_layer, validate_adata
 
-TARGET_SUM = 1e4
 MIN_GENES_PER_CELL = 10
 MIN_CELLS_PER_GENE = 3
+#: Rows read and transformed at once.
+BLOCK_ROWS = 8192
 
 
 @dataclass
@@ -57,10 +58,44 @@ class TrainingData:
         return self.prepared.subset(self.splits[name])
 
 
-def _float32(X):
-    if sp.issparse(X):
-        return sp.csr_matrix(X, dtype=np.float32, copy=True)
-    return np.array(X, dtype=np.float32, copy=True)
+def detection_counts(block, min_genes: int = MIN_GENES_PER_CELL) -> tuple[np.ndarray, np.ndarray]:
+    """Genes detected (non-zero) in each row of ``block``, and cells detecting each gene among the rows that
+    detect at least ``min_genes`` genes: the two counts of the cell and gene filters, per block of rows.
+
+    Parameters
+    ----------
+    block
+        Expression values, cells x genes (dense or sparse; negative values are refused earlier).
+    min_genes
+        Genes a cell must detect to count towards the genes' detection.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(detected per row, cells per gene)``, int64.
+    """
+    if sp.issparse(block):
+        blk = sp.csr_matrix(block)
+        row = np.repeat(np.arange(blk.shape[0]), np.diff(blk.indptr))
+        nz = blk.data != 0
+        det = np.bincount(row[nz], minlength=blk.shape[0])
+        keep = det >= min_genes
+        return det, np.bincount(blk.indices[nz & keep[row]], minlength=blk.shape[1])
+    nzm = np.asarray(block) != 0
+    det = nzm.sum(1)
+    return det.astype(np.int64), nzm[det >= min_genes].sum(0).astype(np.int64)
+
+
+def normalization_columns(gene_keep: np.ndarray) -> np.ndarray | None:
+    """Column positions of the normalisation genes (those that passed the gene filter), or None when every
+    gene passed (the library size is then the whole row)."""
+    cols = np.flatnonzero(gene_keep)
+    return None if cols.size == gene_keep.size else cols
+
+
+def _row_chunks(rows: np.ndarray):
+    for a in range(0, len(rows), BLOCK_ROWS):
+        yield rows[a:a + BLOCK_ROWS]
 
 
 def make_recipe(genes, batch_key, label_key, batches, labels, kind, layer, scale_min=0.0, scale_max=1.0,
@@ -98,7 +133,7 @@ def finish_recipe(genes, n_genes, batch_values, label_values, batch_key, label_k
                   scale_max, normalization_genes):
     """Check the gene count and the scaling range, build the Recipe and code the cells' batches and labels:
     ``(recipe, batch codes, label codes or None)``. Shared by the in-memory and the out-of-core paths."""
-    if len(genes) != n_genes:  # scanpy cuts ties by rank; guard anyway
+    if len(genes) != n_genes:  # tied dispersions at the cut are all kept
         raise DataError(f"Highly-variable-gene selection returned {len(genes)} genes instead of {n_genes}. "
                         "Lower n_genes or check the data for many constant genes.")
     if not scale_max > scale_min:
@@ -115,24 +150,38 @@ def finish_recipe(genes, n_genes, batch_values, label_values, batch_key, label_k
     return recipe, batch, label
 
 
-def _log_expression(adata, cells, genes, normalization_genes, kind, layer) -> np.ndarray:
-    """float32 log1p-normalised expression of ``genes`` for ``cells`` (library size over
-    ``normalization_genes``), computed with :meth:`Recipe.log_block`."""
-    provisional = make_recipe(genes, "_", None, ["_"], None, kind, layer, normalization_genes=normalization_genes)
-    names = pd.Index(adata.var_names.astype(str))
-    idx = names.get_indexer(genes)
-    norm_idx = None
-    if kind == "counts":
-        ni = names.get_indexer(normalization_genes)
-        norm_idx = None if ni.size == adata.n_vars else np.sort(ni)
-    rows = adata.obs_names.get_indexer(cells)
-    X = get_matrix(adata, layer)
-    if sp.issparse(X) and X.format != "csr":
-        X = X.tocsr()
+def _filter(X) -> tuple[np.ndarray, np.ndarray]:
+    """``(kept rows, kept-gene mask)`` of the cell and gene filters."""
+    n, m = X.shape
+    detected = np.zeros(n, dtype=np.int64)
+    gene_cells = np.zeros(m, dtype=np.int64)
+    for a in range(0, n, BLOCK_ROWS):
+        det, cells = detection_counts(X[a:a + BLOCK_ROWS])
+        detected[a:a + BLOCK_ROWS] = det
+        gene_cells += cells
+    return np.flatnonzero(detected >= MIN_GENES_PER_CELL), gene_cells >= MIN_CELLS_PER_GENE
+
+
+def _highly_variable(X, rows, gene_keep, norm_idx, kind: str, n_genes: int) -> np.ndarray:
+    """Column positions of the highly variable genes among the kept genes of the kept rows."""
+    m = X.shape[1]
+    s1, s2 = np.zeros(m), np.zeros(m)
+    for part in _row_chunks(rows):
+        _, cols, vals = log_entries(X[part], kind == "counts", norm_idx)
+        a1, a2 = moment_sums(cols, vals, m)
+        s1 += a1
+        s2 += a2
+    kept = np.flatnonzero(gene_keep)
+    return kept[hvg_from_sums(s1[kept], s2[kept], len(rows), n_genes)]
+
+
+def _log_expression(X, rows, genes, idx, norm_idx, kind, layer) -> np.ndarray:
+    """float32 log1p-normalised expression of the columns ``idx`` (named ``genes``) for ``rows`` (library size
+    over ``norm_idx``), computed with :meth:`Recipe.log_block`."""
+    provisional = make_recipe(genes, "_", None, ["_"], None, kind, layer, normalization_genes=genes)
     out = np.empty((len(rows), len(genes)), dtype=np.float32)
-    step = 8192
-    for a in range(0, len(rows), step):
-        out[a:a + step] = provisional.log_block(X[rows[a:a + step]], idx, norm_idx)[0]
+    for a in range(0, len(rows), BLOCK_ROWS):
+        out[a:a + BLOCK_ROWS] = provisional.log_block(X[rows[a:a + BLOCK_ROWS]], idx, norm_idx)[0]
     return out
 
 
@@ -161,32 +210,22 @@ def prepare_training(
     kind = validate_adata(adata, batch_key, label_key=label_key, layer=layer, input_kind=input_kind,
                           n_genes=n_genes, min_cells_per_batch=min_cells_per_batch)
 
-    # a minimal working object: the chosen matrix (float32 copy) and cell/gene names only
     X = get_matrix(adata, layer)
-    work = ad.AnnData(X=_float32(X), obs=pd.DataFrame(index=adata.obs_names.copy()),
-                      var=pd.DataFrame(index=adata.var_names.copy()))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        sc.pp.filter_cells(work, min_genes=MIN_GENES_PER_CELL)
-        sc.pp.filter_genes(work, min_cells=MIN_CELLS_PER_GENE)
-    cells = work.obs_names
-    batch_values = adata.obs[batch_key].loc[cells].astype(str)
-    check_filtered(adata.n_obs, work.n_obs, work.n_vars, n_genes, batch_values, batch_key, min_cells_per_batch)
-    normalization_genes = [str(g) for g in work.var_names]
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        if kind == "counts":
-            sc.pp.normalize_total(work, target_sum=TARGET_SUM)
-            sc.pp.log1p(work)
-        sc.pp.highly_variable_genes(work, flavor="seurat", n_top_genes=n_genes)
-    hv = work.var["highly_variable"].to_numpy()
-    genes = [str(g) for g in work.var_names[hv]]
-    del work
+    if sp.issparse(X) and X.format != "csr":
+        X = X.tocsr()
+    rows, gene_keep = _filter(X)
+    cells = adata.obs_names[rows]
+    batch_values = adata.obs[batch_key].iloc[rows].astype(str)
+    check_filtered(adata.n_obs, rows.size, int(gene_keep.sum()), n_genes, batch_values, batch_key,
+                   min_cells_per_batch)
+    normalization_genes = [str(g) for g in adata.var_names[gene_keep]]
+    norm_idx = normalization_columns(gene_keep) if kind == "counts" else None
+    hv_cols = _highly_variable(X, rows, gene_keep, norm_idx, kind, n_genes)
+    genes = [str(g) for g in adata.var_names[hv_cols]]
     # The model-space values come from the recipe's own block arithmetic (Recipe.log_block), the same
     # code that recipe.transform and the out-of-core reader run, so all three agree bit for bit.
-    X_log = _log_expression(adata, cells, genes, normalization_genes, kind, layer)
-    label_values = None if label_key is None else adata.obs[label_key].loc[cells].astype(str)
+    X_log = _log_expression(X, rows, genes, hv_cols, norm_idx, kind, layer)
+    label_values = None if label_key is None else adata.obs[label_key].iloc[rows].astype(str)
     splits = stratified_split(batch_values.to_numpy(),
                               None if label_values is None else label_values.to_numpy(),
                               fractions=split_fractions, seed=split_seed)
@@ -207,4 +246,5 @@ def prepare_training(
     return TrainingData(adata=out, recipe=recipe, prepared=prepared, splits=splits)
 
 
-__all__ = ["prepare_training", "make_recipe", "check_filtered", "finish_recipe", "TrainingData", "TARGET_SUM", "MIN_GENES_PER_CELL", "MIN_CELLS_PER_GENE"]
+__all__ = ["BLOCK_ROWS", "MIN_CELLS_PER_GENE", "MIN_GENES_PER_CELL", "TARGET_SUM", "TrainingData", "check_filtered",
+           "detection_counts", "finish_recipe", "make_recipe", "normalization_columns", "prepare_training"]

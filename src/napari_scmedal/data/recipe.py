@@ -16,6 +16,7 @@ import scipy.sparse as sp
 
 from .._utils import json_safe as _json_safe
 from ..errors import DataError, ModelFileError, RecipeMismatchError
+from .normalize import LibrarySizes, log_normalize, size_factors
 from .validation import LOGNORM_MAX, _first, check_unique, get_matrix, resolve_layer
 
 RECIPE_FORMAT = "napari-scmedal-recipe"
@@ -63,36 +64,10 @@ class Prepared:
         )
 
 
-class LibrarySizes:
-    """Per-cell library sizes given by the user (an ``obs`` column named by ``size_factor_key``), used
-    instead of the row sums over the normalisation genes; passed where a ``norm_idx`` goes."""
-
-    def __init__(self, values):
-        self.values = np.asarray(values, dtype=np.float64).ravel()
-
-    def rows(self, sel) -> "LibrarySizes":
-        return LibrarySizes(self.values[sel])
-
-
 def norm_rows(norm_idx, sel):
     """``norm_idx`` for the rows ``sel`` of the aligned cells (column positions are the same for every row;
     user library sizes are per row)."""
     return norm_idx.rows(sel) if isinstance(norm_idx, LibrarySizes) else norm_idx
-
-
-def _normalisation_source(block, norm_idx, where: str):
-    """The values that make each row's library size, checked: NaN, inf or negative values there would
-    silently zero or skew the whole cell, so they are refused like those in the model's genes."""
-    src = block if norm_idx is None else block[:, norm_idx]
-    vals = src.data if sp.issparse(src) else np.asarray(src)
-    if vals.size and not np.all(np.isfinite(vals)):
-        raise DataError(f"{where} contains NaN or infinite values in the genes that make each cell's library size "
-                        "(normalisation genes, not only the model's genes). Remove or impute them before applying "
-                        "the model, or give per-cell totals with size_factor_key=.")
-    if vals.size and vals.min() < 0:
-        raise DataError(f"{where} contains negative values in the genes that make each cell's library size; "
-                        "expected raw counts. Pass unscaled counts (e.g. layer='counts').")
-    return src
 
 
 def _text_columns(var):
@@ -101,19 +76,6 @@ def _text_columns(var):
         vals = var[col]
         if vals.dtype == object or isinstance(vals.dtype, (pd.CategoricalDtype, pd.StringDtype)):
             yield str(col), pd.Index(vals.astype(str))
-
-
-def size_factors(block, norm_idx, target_sum: float, where: str = "adata.X") -> np.ndarray:
-    """float32 per-row factors ``target_sum / library size`` (0 for empty rows) of a block of raw counts;
-    the library size is the row sum over the columns ``norm_idx`` (None = all columns), or the user's
-    :class:`LibrarySizes`. Non-finite or negative values that enter the sum raise DataError."""
-    if isinstance(norm_idx, LibrarySizes):
-        totals = norm_idx.values
-    else:
-        totals = np.asarray(_normalisation_source(block, norm_idx, where).sum(axis=1), dtype=np.float64).ravel()
-    factor = np.zeros_like(totals)
-    np.divide(target_sum, totals, out=factor, where=totals > 0)
-    return factor.astype(np.float32)
 
 
 def one_hot(codes: np.ndarray, n: int) -> np.ndarray:
@@ -363,10 +325,11 @@ class Recipe:
         """log1p-normalised recipe genes of one block of rows (all genes of the source, any format).
 
         ``idx``: column positions of the recipe genes in ``block``; ``norm_idx``: sorted column
-        positions of the normalisation genes (None = every column) or the rows' :class:`LibrarySizes`. Returns ``(X_log float32 (n, G),
-        number of non-integer values, maximum value)`` and raises DataError for NaN/inf or negative
-        values. The single implementation of the per-cell arithmetic: the in-memory preprocessing,
-        :meth:`transform` and the out-of-core reader all call it, so they agree bit for bit.
+        positions of the normalisation genes (None = every column) or the rows' :class:`LibrarySizes`.
+        Returns ``(X_log float32 (n, G), number of non-integer values, maximum value)`` and raises DataError
+        for NaN/inf or negative values. The per-cell arithmetic of every path that produces model inputs (the in-memory preprocessing,
+        :meth:`transform` and the out-of-core reader), normalising with
+        :func:`~napari_scmedal.data.normalize.log_normalize`, so they agree bit for bit.
         """
         sub = block[:, idx]
         sub = sub.toarray() if sp.issparse(sub) else np.asarray(sub)
@@ -381,7 +344,7 @@ class Recipe:
         n_nonint = int(np.count_nonzero(sub != np.round(sub)))
         vmax = float(sub.max(initial=0.0))
         if self.input_kind == "counts":
-            sub = np.log1p(sub * size_factors(block, norm_idx, self.target_sum, where)[:, None])
+            sub = log_normalize(sub, size_factors(block, norm_idx, self.target_sum, where))
         return sub, n_nonint, vmax
 
     def check_kind(self, n_nonint: int, vmax: float, where: str = "adata.X") -> None:

@@ -1,7 +1,16 @@
-"""scMEDAL networks (AE, AEC, FE, FEC, RE), their training steps and the trainer (pure PyTorch)."""
+"""scMEDAL networks (AE, AEC, FE, FEC, RE), their training steps and the trainer (pure PyTorch).
 
+Layers, lowest first: :mod:`.networks` (the modules), :mod:`.batch` (the :class:`Tensors` minibatch),
+:mod:`.loaders` (minibatch sources), :mod:`.tasks` (losses and one optimiser step per network kind),
+:mod:`.trainer` (the training loop, :func:`fit`), plus :mod:`.defaults` (settings) and :mod:`.health`
+(post-training checks).
+"""
+
+from .batch import Tensors
 from .networks import AE, DEFAULT_HIDDEN, DEFAULT_LATENT, FE, RE, Encoder, REDecoder, REEncoder, TiedDecoder
-from .training import AETask, FETask, RETask, Tensors, fit, is_cancelled, resolve_device
+from .tasks import AETask, FETask, RETask, batch_center_penalty
+from .trainer import PRECISIONS, expected_last_epoch, fit, is_cancelled, resolve_device
 
-__all__ = ["AE", "FE", "RE", "Encoder", "TiedDecoder", "REEncoder", "REDecoder", "DEFAULT_HIDDEN",
-           "DEFAULT_LATENT", "AETask", "FETask", "RETask", "Tensors", "fit", "is_cancelled", "resolve_device"]
+__all__ = ["AE", "DEFAULT_HIDDEN", "DEFAULT_LATENT", "FE", "PRECISIONS", "RE", "AETask", "Encoder", "FETask",
+           "REDecoder", "REEncoder", "RETask", "Tensors", "TiedDecoder", "batch_center_penalty",
+           "expected_last_epoch", "fit", "is_cancelled", "resolve_device"]

@@ -7,7 +7,7 @@ split the work between the ranks of a :class:`~napari_scmedal.distributed.Comm` 
   ("whole data set on the device": no host-to-device copy per step) or in (pinned) host memory,
   minibatched by one random permutation per epoch. With several ranks every rank takes every
   ``world``-th index of the same permutation.
-* :class:`StreamingSource` -- the split's rows of an on-disk ``.h5ad`` (:class:`~napari_scmedal.data.ondisk.
+* :class:`StreamingSource` -- the split's rows of an on-disk ``.h5ad`` (:class:`~napari_scmedal.data.stream.
   OnDiskTraining`), read block by block: each epoch the blocks are shuffled, every rank takes its own
   blocks, ``buffer_blocks`` of them are read and transformed into a buffer whose rows are shuffled and
   cut into minibatches, while the next buffer is read in a background thread. Peak memory is about
@@ -22,6 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+
+from .batch import Tensors
 
 __all__ = ["InMemorySource", "StreamingSource", "fits_on_device", "expected_bytes", "sample_rows"]
 
@@ -115,15 +117,11 @@ class StreamingSource:
 
     def _load(self, block_ids):
         """Model-ready tensors of the given blocks' rows (read and transformed like any on-disk rows)."""
-        from .training import Tensors
-
         pos = np.concatenate([self.blocks[int(k)] for k in block_ids])
         return Tensors.from_prepared(self._rows.subset(pos), device=self.device)
 
     def _load_positions(self, positions):
         """Model-ready tensors of the given split positions (read and transformed like any on-disk rows)."""
-        from .training import Tensors
-
         return Tensors.from_prepared(self._rows.subset(np.sort(np.asarray(positions))), device=self.device)
 
     def _groups(self, ids) -> list[list[int]]:
