@@ -156,3 +156,28 @@ def test_lognorm_input_is_not_normalised_twice(td_cellbench):
     assert td_log.recipe.genes == td.recipe.genes
     np.testing.assert_allclose(td_log.prepared.X_log, td.prepared.X_log, atol=1e-5)
     np.testing.assert_array_equal(td_log.splits["train"], td.splits["train"])
+
+
+def test_log_normalize_equals_scanpy_and_the_gui_uses_it():
+    """The one normalisation (data.normalize.log_normalize) equals scanpy's normalize_total(1e4) + log1p on
+    real counts, dense and sparse, keeps empty cells at 0, and the GUI's display normalisation is the same
+    function (no third copy)."""
+    import anndata as ad
+
+    from napari_scmedal._napari._layers import log_normalised
+    from napari_scmedal.data.normalize import log_normalize
+    from napari_scmedal.datasets import cellbench
+
+    counts = sp.csr_matrix(cellbench().X[:300], dtype=np.float32)
+    counts = sp.vstack([counts, sp.csr_matrix((1, counts.shape[1]), dtype=np.float32)]).tocsr()  # an empty cell
+    ref = ad.AnnData(X=counts.copy())
+    sc.pp.normalize_total(ref, target_sum=1e4)
+    sc.pp.log1p(ref)
+    for X in (counts, counts.toarray()):
+        got = log_normalize(X)
+        assert sp.issparse(got) == sp.issparse(X)
+        dense = got.toarray() if sp.issparse(got) else got
+        np.testing.assert_allclose(dense, ref.X.toarray(), rtol=1e-5, atol=1e-6)
+        assert not dense[-1].any()
+        gui = log_normalised(X)
+        np.testing.assert_array_equal(gui.toarray() if sp.issparse(gui) else gui, dense)

@@ -25,12 +25,10 @@ ADATA_KEY = "adata"
 def log_normalised(X, counts: bool | None = None):
     """Log1p-normalised expression of the rows of ``X`` (a copy): raw counts (``counts=None``: detected
     by :func:`napari_scmedal.data.detect_input_kind`) are normalised to 10^4 per cell, log data kept."""
-    import anndata as ad
-    import scanpy as sc
-
     from scipy import sparse
 
     from napari_scmedal.data import detect_input_kind
+    from napari_scmedal.data.normalize import log_normalize
     from napari_scmedal.errors import DataError
 
     vals = X.data if sparse.issparse(X) else np.asarray(X)
@@ -39,13 +37,10 @@ def log_normalised(X, counts: bool | None = None):
         raise DataError(f"The expression matrix has {n_bad} NaN or infinite values, so the cells cannot be placed "
                         "(no obsm['X_umap'] or obsm['X_pca'] to use instead). Remove or impute them (e.g. "
                         "adata.X = np.nan_to_num(adata.X)), or store a 2-D embedding in obsm['X_umap'].")
-    tmp = ad.AnnData(X=X.astype(np.float32))
+    X = X.astype(np.float32)
     if counts is None:
-        counts = detect_input_kind(tmp.X) == "counts"
-    if counts:
-        sc.pp.normalize_total(tmp, target_sum=1e4)
-        sc.pp.log1p(tmp)
-    return tmp.X
+        counts = detect_input_kind(X) == "counts"
+    return log_normalize(X) if counts else X  # the one normalisation (10^4 per cell, log1p) training uses
 
 
 def most_variable(X, n_top: int = 2000) -> np.ndarray:

@@ -114,7 +114,7 @@ def software_versions() -> dict[str, str]:
     from .. import __version__
 
     out = {"napari_scmedal": __version__, "python": platform.python_version()}
-    for dist in ("torch", "numpy", "anndata", "scanpy", "safetensors", "scikit-learn"):
+    for dist in ("torch", "numpy", "scipy", "anndata", "safetensors", "scikit-learn"):
         try:
             out[dist] = version(dist)
         except PackageNotFoundError:  # pragma: no cover
