@@ -221,7 +221,7 @@ def test_progress_counts_to_the_expected_stop_and_shows_one_eta(make_napari_view
     viewer = make_napari_viewer()
     viewer.open_sample(PLUGIN, "cellbench")
     w = _model_widget(viewer, epochs=500)
-    from napari_scmedal.models.training import expected_last_epoch
+    from napari_scmedal.models.trainer import expected_last_epoch
 
     def info_at(epoch, wait):  # what models.training.fit reports (patience 15, min 19, max 500)
         return {"model": "fe", "epoch": epoch, "max_epochs": 500, "patience_left": 15 - wait, "min_epochs": 19,
@@ -332,7 +332,7 @@ def test_top_gene_names_are_one_per_tile_quadrant_and_listed_in_full(make_napari
     top = viewer.layers["genomap | top genes"]
     names = [g for g in top.features["gene"] if g]
     assert 0 < len(names) <= 4 * comp.n_rows < len(tg)
-    from napari_scmedal._napari._explorer_widget import label_quadrants
+    from napari_scmedal._napari._tiles import label_quadrants
 
     named = label_quadrants(tg, (R, C))
     assert sorted(names) == sorted(str(tg.iloc[i]["gene"]) for i in named)

@@ -287,7 +287,7 @@ def test_explorer_layers_shapes_colormaps_limits(make_napari_viewer, qtbot, trai
     assert set(comp.row_labels) == {"H1975"}
     from napari.layers import Image
 
-    from napari_scmedal._napari._explorer_widget import tile_layer_name
+    from napari_scmedal._napari._tiles import tile_layer_name
 
     names = [ly.name for ly in viewer.layers if ly.name.endswith(" | genomap") and isinstance(ly, Image)]
     expected = ["Original", "FE reconstruction", "RE reconstruction"] + [counterfactual_name(b) for b in model.batches]
@@ -492,10 +492,10 @@ def test_save_genomap_layers_through_napari_writer(make_napari_viewer, qtbot, tr
 # ---------------------------------------------------------------------------------------------- all cells
 def _eager_genomaps(model, adata, version, layout):
     """Every cell of ``adata`` in ``version``, projected eagerly (the reference for the lazy stack)."""
-    from napari_scmedal.genomap.lazy import _layout_columns
+    from napari_scmedal.genomap.ensure import layout_columns
 
     X = model.predict_versions(adata=adata, batches=[version[3:]] if version.startswith("cf:") else None)[version]
-    return layout.project(X[:, _layout_columns(layout, model.genes)])
+    return layout.project(X[:, layout_columns(layout, model.genes)])
 
 
 def test_all_cells_stack_is_one_lazy_image_layer_with_a_cell_slider(make_napari_viewer, qtbot, trained):

@@ -10,21 +10,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from napari.qt.threading import create_worker
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
-    QLabel,
     QLineEdit,
     QListWidget,
     QPushButton,
     QSpinBox,
-    QWidget,
 )
 
+from ._base import DockWidget
 from ._common import notify_error, notify_info, scroll_root
 from ._settings import load_settings, save_settings
 
@@ -42,16 +40,12 @@ def current_comparison(viewer):
     return None
 
 
-class ExportWidget(QWidget):
+class ExportWidget(DockWidget):
     """Choose versions, size, DPI, title and gene labels; write the panel to a file."""
 
     def __init__(self, napari_viewer):
-        super().__init__()
-        self.viewer = napari_viewer
-        self.last_error = None
-        self.last_info = None
+        super().__init__(napari_viewer)
         self.last_path = None
-        self.workers = []
         root = scroll_root(self)
         form = QFormLayout()
         self.columns_list = QListWidget()
@@ -90,9 +84,7 @@ class ExportWidget(QWidget):
         root.addLayout(form)
         self.export_btn = QPushButton("Export panel...")
         root.addWidget(self.export_btn)
-        self.status_label = QLabel("Compute a comparison in the genomap explorer, then export it here.")
-        self.status_label.setWordWrap(True)
-        root.addWidget(self.status_label)
+        self.add_status_label(root, "Compute a comparison in the genomap explorer, then export it here.")
         root.addStretch(1)
 
         s = load_settings(SECTION)
@@ -173,24 +165,9 @@ class ExportWidget(QWidget):
             fig = comparison_figure(comp, columns=columns, gene_labels=genes, title=title, size=size, dpi=dpi)
             return save_figure(fig, path, dpi=dpi)
 
-        worker = create_worker(_work, _start_thread=False, _ignore_errors=True)
-        self.workers.append(worker)
-
         def _done(p):
             self.last_path = p
             self.status_label.setText(f"Wrote {p}")
             notify_info(f"Exported the comparison panel to {p}", self)
 
-        def _err(exc):
-            self.status_label.setText(f"Failed: {exc}")
-            notify_error(exc, self)
-
-        worker.returned.connect(_done)
-        worker.errored.connect(_err)
-        worker.finished.connect(lambda: self.workers.remove(worker) if worker in self.workers else None)
-        worker.start()
-        return worker
-
-    @property
-    def busy(self):
-        return bool(self.workers)
+        return self.launch(_work, _done)

@@ -31,8 +31,10 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from ._explorer_widget import MARKS_LAYER, SET_LAYER, row_title, short_title
+from ._annotations import replace_layer
+from ._common import notify_error
 from ._layers import ADATA_KEY
+from ._tiles import MARKS_LAYER, SET_LAYER, row_title, short_title
 
 MARK_COLOR = "#ff8000"  # orange rings: apart from viridis, RdBu_r, the white top-gene rings and the set's outline
 SET_COLOR = "#ff00ff"  # magenta pixel-edge outline (as in the figures)
@@ -175,7 +177,7 @@ class GenePanel(QGroupBox):
 
     def _on_layout(self, genes):
         comp = self.ex.comparison
-        names = set(str(g) for g in comp.layout.genes)
+        names = {str(g) for g in comp.layout.genes}
         return [g for g in genes if g in names]
 
     def _tiles(self, comp):
@@ -223,8 +225,8 @@ class GenePanel(QGroupBox):
         for name, (y, x) in self._tiles(comp):
             pts.extend((y + r, x + c) for r, c in pix)
             labels.extend(genes if name == named else [""] * len(genes))
-        self.ex._replace_layer(
-            MARKS_LAYER, self.viewer.add_points, np.asarray(pts, dtype=float).reshape(-1, 2), size=MARK_SIZE,
+        replace_layer(
+            self.viewer, MARKS_LAYER, self.viewer.add_points, np.asarray(pts, dtype=float).reshape(-1, 2), size=MARK_SIZE,
             symbol="disc", face_color="transparent", border_color=MARK_COLOR, border_width=0.2,
             features={"gene": labels}, metadata={"marked_genes": list(genes)},
             text={"string": "{gene}", "size": 8, "color": MARK_COLOR, "anchor": "upper_left",
@@ -259,8 +261,8 @@ class GenePanel(QGroupBox):
 
             return cell_expression(model, adata, gene, version="original", scale=scale)
 
-        return self.ex._launch(_work, lambda v: self.apply_cell_colours(layer, gene, v, scale), self.workers,
-                               self.colour_btn)
+        return self.ex.launch(_work, lambda v: self.apply_cell_colours(layer, gene, v, scale), self.workers,
+                              [self.colour_btn])
 
     def apply_cell_colours(self, layer, gene, values, scale="log1p"):
         if self._coloured is not None and self._coloured[0] is not layer:
@@ -314,8 +316,6 @@ class GenePanel(QGroupBox):
         try:
             sets = read_gene_sets(path)
         except Exception as exc:
-            from ._common import notify_error
-
             notify_error(exc, self.ex)
             self._say(str(exc))
             return
@@ -393,7 +393,7 @@ class GenePanel(QGroupBox):
                        [comp.kinds[n] == "difference" for n in comp.names])
             self.set_table.setToolTip(f"{self.set_name}: {df.attrs.get('units', '')}")
 
-        self.ex._launch(_work, _show, self.workers, self.load_btn)
+        self.ex.launch(_work, _show, self.workers, [self.load_btn])
 
     # ------------------------------------------------------------------ explorer hook
     def comparison_steps(self, comp):

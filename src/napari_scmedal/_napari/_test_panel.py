@@ -180,7 +180,7 @@ class PixelTestPanel(QGroupBox):
             self.cancel_btn.setEnabled(False)
 
         self.cancel_btn.setEnabled(True)
-        return self.explorer._launch(_work, _done, self.workers, self.run_btn, _then, on_error=self._failed)
+        return self.explorer.launch(_work, _done, self.workers, [self.run_btn], _then, on_error=self._failed)
 
     def _on_progress(self, info):
         if isinstance(info, dict) and info.get("total"):

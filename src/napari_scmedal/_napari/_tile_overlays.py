@@ -3,6 +3,8 @@ pixels): where each tile's rows are, and one fast Vectors layer of pixel-edge se
 
 from __future__ import annotations
 
+from ._annotations import hide_layer, replace_layer
+
 
 def tile_row_origins(explorer, comp) -> list:
     """``[(image name, world (y, x) of row r's top-left pixel)]`` for every tile and row the explorer shows."""
@@ -30,10 +32,10 @@ def outline_on_tiles(explorer, mask, layer_name: str, color: str, edge_width: fl
     origins = np.asarray([o for _, o in tile_row_origins(explorer, comp)] if comp is not None else [],
                          dtype=float).reshape(-1, 2)
     if not len(segs) or not len(origins):
-        explorer._hide_layer(layer_name)
+        hide_layer(viewer, layer_name)
         return None
     one = np.stack([segs[:, 0], segs[:, 1] - segs[:, 0]], axis=1)  # napari vectors: start, direction
     data = np.tile(one, (len(origins), 1, 1))
     data[:, 0] += np.repeat(origins, len(one), axis=0)
-    return explorer._replace_layer(layer_name, viewer.add_vectors, data, edge_color=color, edge_width=edge_width,
-                                   vector_style="line", opacity=1.0, metadata=dict(meta or {}))
+    return replace_layer(viewer, layer_name, viewer.add_vectors, data, edge_color=color, edge_width=edge_width,
+                         vector_style="line", opacity=1.0, metadata=dict(meta or {}))
