@@ -27,6 +27,7 @@ from .report import (
     write_metrics,
     write_text,
 )
+from .selection import stratified_subsample
 
 __all__ = ["DEMO_FAST", "DEMO_FULL", "DemoResult", "run_demo"]
 
@@ -50,22 +51,6 @@ class DemoResult:
     overview: Any
     summary: dict
     report: Path
-
-
-def stratified_subsample(obs, key: str, n: int, seed: int):
-    """Sorted positions of about ``n`` cells, the same number from each value of ``obs[key]`` (all of a
-    smaller group)."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    codes = obs[key].astype(str).to_numpy()
-    groups = sorted(set(codes))
-    per = max(1, n // len(groups))
-    idx = []
-    for g in groups:
-        where = np.flatnonzero(codes == g)
-        idx.extend(rng.choice(where, min(per, where.size), replace=False).tolist())
-    return np.sort(np.asarray(idx, dtype=np.int64))
 
 
 def demo_columns(comp) -> list[str]:

@@ -1,11 +1,10 @@
 """``scmedal embed``: write the latents (and optionally reconstructions and counterfactuals) to a new .h5ad."""
 from __future__ import annotations
 
-import sys
-
 from .._utils import atomic_output
 from .._utils import json_safe as _json_safe
 from ..report import write_h5ad as _write_h5ad
+from ..versions import cf_key, check_target_batches
 from ._common import _Console, _load_model, _read_data, _split_list
 from ._paths import UsageError, _check_output_file, _existing_file
 
@@ -22,11 +21,8 @@ def cmd_embed(args, con: _Console) -> int:
         raise UsageError(f"The output {str(out)!r} must end in .h5ad.")
     cf_batches = None
     if args.counterfactuals is not None:
-        cf_batches = _split_list(args.counterfactuals) or list(model.batches)
-        unknown = [b for b in cf_batches if b not in list(model.batches)]
-        if unknown:
-            raise UsageError(f"Unknown batch(es) {unknown} for --counterfactuals; the model knows "
-                             f"{list(model.batches)}.")
+        cf_batches = check_target_batches(model.batches, _split_list(args.counterfactuals) or None,
+                                          what="--counterfactuals batch(es)")
     model.write_to_adata(adata)
     con.say(f"latents written for {adata.n_obs} cells: "
             + ", ".join(k for k in adata.obsm if "scmedal" in k.lower()))
@@ -40,17 +36,18 @@ def cmd_embed(args, con: _Console) -> int:
         # computed from the FULL data (every normalisation gene makes the library size), exactly as
         # model.get_reconstruction / get_counterfactual_expression(adata=...) give them; then the file keeps
         # the model's genes so that the layers align with var
+        con.say(f"computing {'reconstructions' if args.reconstructions else ''}"
+                f"{' and ' if args.reconstructions and cf_batches else ''}"
+                f"{f'counterfactuals into {len(cf_batches)} batch(es)' if cf_batches else ''} "
+                f"for {adata.n_obs} cells (one pass of the model's versions)")
+        versions = model.predict_versions(adata, cf_batches or [])
         layers = {}
         if args.reconstructions:
             for kind in ("fe", "re"):
-                layers[f"scmedal_{kind}_reconstruction"] = np.asarray(
-                    model.get_reconstruction(kind, adata=adata), dtype=np.float32)
-        from tqdm.auto import tqdm
-
-        for b in tqdm(cf_batches or [], desc="counterfactuals", unit="batch", file=sys.stderr,
-                      disable=args.quiet):
-            layers[f"scmedal_counterfactual_{b}"] = np.asarray(
-                model.get_counterfactual_expression(b, adata=adata), dtype=np.float32)
+                layers[f"scmedal_{kind}_reconstruction"] = np.asarray(versions[kind], dtype=np.float32)
+        for b in cf_batches or []:
+            layers[f"scmedal_counterfactual_{b}"] = np.asarray(versions[cf_key(b)], dtype=np.float32)
+        del versions
         adata = adata[:, genes].copy()
         adata.layers.update(layers)
         adata.uns["scmedal_layers"] = {

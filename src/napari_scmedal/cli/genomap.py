@@ -7,15 +7,6 @@ from ._common import _Console, _formats, _load_model, _read_data, _split_list
 from ._paths import UsageError, _check_output_dir
 
 
-def _parse_cells(values) -> list:
-    out: list = []
-    for v in _split_list(values):
-        out.append(int(v) if v.lstrip("-").isdigit() else v)
-    if out and all(isinstance(v, int) for v in out):
-        return out
-    return [str(v) for v in out]
-
-
 def cmd_genomap(args, con: _Console) -> int:
     from .._gene_request import gene_outputs, gene_request
     from ..compare import ensure_layout
@@ -54,21 +45,22 @@ def cmd_genomap(args, con: _Console) -> int:
 
 def _comparison(args, model, adata):
     """The comparison of the ``--cells`` (one row each, or their mean) and of each ``--group`` (its mean,
-    or its first cells with ``--per-cell``), stacked; and every chosen cell's position."""
-    from ..compare import compare_cells, select_cells, stack_comparisons
+    or a seeded sample of ``--max-cells`` of its cells with ``--per-cell``), stacked; and every chosen cell's position."""
+    from ..compare import compare_cells, stack_comparisons
+    from ..selection import limit_cells, parse_indices, select_cells
 
     batches = _split_list(args.batches) or None
     comps = []
     cells_for_test = []
     if args.cells:
-        cells = _parse_cells(args.cells)
+        cells = parse_indices(_split_list(args.cells))
         comps.append(compare_cells(model, cells, target_batches=batches, adata=adata,
                                    average=args.average, scale=args.scale))
         cells_for_test.extend(comps[-1].meta["cells"])
     for g in args.group or []:
         idx = select_cells(adata, g)
         if args.per_cell:
-            chosen = idx[: args.max_cells]
+            chosen = limit_cells(idx, args.max_cells, seed=args.seed)  # a seeded sample, as in the explorer
             comps.append(compare_cells(model, chosen, target_batches=batches, adata=adata, scale=args.scale))
         else:
             comps.append(compare_cells(model, idx, target_batches=batches, adata=adata, average=True,
