@@ -110,8 +110,8 @@ def test_cancelling_a_retrain_keeps_the_previous_model_and_its_layers(make_napar
     # retrain for long, cancel from the activity dock's progress bar (napari's cancelable_progress)
     w.epochs_spin.setValue(500)
     w.train_btn.click()
-    qtbot.waitUntil(lambda: w._pbar is not None and w._pbar.n >= 1, timeout=TIMEOUT_MS)
-    w._pbar.cancel()
+    qtbot.waitUntil(lambda: w._bars.bar is not None and w._bars.bar.n >= 1, timeout=TIMEOUT_MS)
+    w._bars.bar.cancel()
     qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT_MS)
     assert w.model is first and w.last_error is None
     assert {ly.name for ly in viewer.layers if ly.metadata.get("latent")} == latents
@@ -230,15 +230,15 @@ def test_progress_counts_to_the_expected_stop_and_shows_one_eta(make_napari_view
 
     info = info_at(12, 6)
     w._on_progress(info)
-    assert w._pbar.total == 21 and w._pbar.n == 12  # 12 + 9 epochs of patience left, past min 19
-    assert "ETA" not in w._pbar.desc and w.status_label.text().count("ETA") == 1
+    assert w._bars.bar.total == 21 and w._bars.bar.n == 12  # 12 + 9 epochs of patience left, past min 19
+    assert "ETA" not in w._bars.bar.desc and w.status_label.text().count("ETA") == 1
     assert "of ~21" in w.status_label.text() and "at most 500" in w.status_label.text()
     w._on_progress(info_at(13, 5))  # a new best epoch pushes the end back
-    assert w._pbar.total == 23
+    assert w._bars.bar.total == 23
     # the next network restarts the same bar (a new napari bar is a new activity-dock widget: a GUI freeze)
-    bar = w._pbar
+    bar = w._bars.bar
     w._on_progress(dict(info_at(1, 0), model="re"))
-    assert w._pbar is bar and w._pbar.n == 1 and "RE" in w._pbar.desc
+    assert w._bars.bar is bar and w._bars.bar.n == 1 and "RE" in w._bars.bar.desc
     w._close_pbar()
 
 

@@ -406,9 +406,12 @@ def test_core_errors_become_notifications(make_napari_viewer, qtbot, trained):
     ex.compute()
     qtbot.waitUntil(lambda: not ex.busy, timeout=TIMEOUT_MS)
     assert "out of range" in ex.last_error and "1408 cells" in ex.last_error
-    ex.indices_edit.setText("zero")
+    ex.indices_edit.setText("zero")  # positions or obs names, as the CLI's --cells
     ex.compute()
-    assert "integers separated by commas" in ex.last_error
+    assert "Unknown cell name(s) ['zero']" in ex.last_error
+    ex.indices_edit.setText(" ; ")
+    ex.compute()
+    assert "No cell given" in ex.last_error
     ex.mode_combo.setCurrentText("selected points")
     cells.selected_data = set()
     ex.compute()

@@ -47,7 +47,7 @@ class CellChoices:
         self.max_cells_spin.setRange(1, 50)
         self.max_cells_spin.setValue(3)
         self.indices_edit = QLineEdit()
-        self.indices_edit.setPlaceholderText("e.g. 0, 12, 40")
+        self.indices_edit.setPlaceholderText("e.g. 0, 12, 40 (positions or obs names)")
         self.targets_list = QListWidget()
         self.targets_list.setSelectionMode(QAbstractItemView.SelectionMode.MultiSelection)
         self.targets_list.setMaximumHeight(110)
@@ -200,9 +200,16 @@ class CellChoices:
         mode = self.mode_combo.currentText()
         if mode == MODES[2]:
             return _selected_points(layer)
-        if mode == MODES[1]:
-            return _parse_indices(self.indices_edit.text())
-        from napari_scmedal.compare import select_cells
+        from napari_scmedal.selection import (
+            limit_cells,
+            parse_indices,
+            resolve_cells,
+            select_cells,
+        )
+
+        if mode == MODES[1]:  # positions or obs names, as the CLI's --cells
+            adata = layer.metadata[ADATA_KEY]
+            return resolve_cells(parse_indices(self.indices_edit.text()), list(map(str, adata.obs_names)))
 
         model = self.model()
         group = {}
@@ -211,10 +218,9 @@ class CellChoices:
         if self.batch_combo.currentText() not in ("", ANY):
             group[model.recipe.batch_key] = self.batch_combo.currentText()
         idx = select_cells(layer.metadata[ADATA_KEY], group)
-        if not self.average_check.isChecked() and idx.size > self.max_cells_spin.value():
-            rng = np.random.default_rng(0)
-            idx = np.sort(rng.choice(idx, self.max_cells_spin.value(), replace=False))
-        return idx
+        if self.average_check.isChecked():
+            return idx
+        return limit_cells(idx, self.max_cells_spin.value(), seed=0)  # the CLI's --per-cell rule
 
 
 def _selected_points(layer) -> np.ndarray:
@@ -226,18 +232,3 @@ def _selected_points(layer) -> np.ndarray:
         raise DataError(f"No points are selected in '{layer.name}': select cells with the "
                         "selection tool (press S) or choose cells by group or index.")
     return idx
-
-
-def _parse_indices(text: str) -> np.ndarray:
-    """Cell indices typed as integers separated by commas, spaces or semicolons."""
-    from napari_scmedal.errors import DataError
-
-    text = text.replace(";", ",")
-    try:
-        idx = [int(t) for t in text.replace(" ", ",").split(",") if t.strip()]
-    except ValueError:
-        raise DataError(f"Cannot read cell indices {text!r}: write integers separated by commas, "
-                        "e.g. 0, 12, 40.") from None
-    if not idx:
-        raise DataError("No cell index given: type one or more, e.g. 0, 12, 40.")
-    return np.array(idx, dtype=np.int64)

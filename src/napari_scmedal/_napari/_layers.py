@@ -12,7 +12,6 @@ import pandas as pd
 
 # one implementation, in the core (the training process computes the latents' 2-D PCA too)
 from napari_scmedal.embedding import fit_pca_2d, pca_2d  # noqa: F401
-from napari_scmedal.selection import subsample as sample_rows  # noqa: F401  (the reader samples rows with it)
 
 #: on-screen size (in world units) of the longest side of a cells layer
 DISPLAY_SPAN = 400.0

@@ -212,6 +212,6 @@ class LossCanvas(QWidget):
             time.sleep(0.01)
         return False
 
-    def closeEvent(self, event):  # noqa: N802 (Qt API)
+    def closeEvent(self, event):
         self._pool.shutdown(wait=False, cancel_futures=True)
         super().closeEvent(event)

@@ -7,8 +7,6 @@ and the latent/metrics options; restored from and saved to the plugin settings, 
 
 from __future__ import annotations
 
-import math
-
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -38,12 +36,11 @@ PRESETS = {
 
 def grid_text(n_genes: int) -> str:
     """Text describing the genomap grid that ``n_genes`` genes fill (the layout the core will compute)."""
-    try:
-        from napari_scmedal.compare import default_shape  # the shape ensure_layout uses
+    from napari_scmedal.genomap import (
+        grid_shape,  # the one grid rule (ensure_layout's default)
+    )
 
-        rows, cols = default_shape(int(n_genes))
-    except ImportError:  # pragma: no cover
-        rows = cols = max(1, math.ceil(math.sqrt(n_genes)))
+    rows, cols = grid_shape(max(1, int(n_genes)))
     empty = rows * cols - n_genes
     extra = f", {empty} empty pixels" if empty else ", every pixel a gene"
     return f"genomap {rows} x {cols}{extra}"

@@ -16,6 +16,7 @@ from napari.utils.notifications import show_warning
 from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QPushButton
 
 from napari_scmedal.metrics import metrics_rows
+from napari_scmedal.progress import ProgressBars
 
 from ._base import DockWidget
 from ._common import (
@@ -53,8 +54,11 @@ class ModelWidget(TrainingForm, DockWidget):
         self.metrics = None
         self.last_warning = None
         self._cancel = threading.Event()
-        self._pbar = None
-        self._pbar_model = None
+        # cancelable: the activity dock's cancel button sets is_canceled, which the worker's cancel check polls
+        # (napari calls cancel_callback only for iterated bars). One bar per run: napari builds a new
+        # activity-dock widget on the GUI thread for every new bar. The bar counts to the epoch early stopping
+        # is expected at, so napari's time estimate agrees with the label's (the ETA is shown once, there).
+        self._bars = ProgressBars(cancelable_progress, desc="scMEDAL {model}", total_key="last_epoch", postfix=False)
         self._bridge = Bridge()
         self._bridge.message.connect(self._on_progress)
         # a new model's report, latent layers and legend: one per event-loop turn (each layer takes 0.1-0.2 s)
@@ -140,7 +144,7 @@ class ModelWidget(TrainingForm, DockWidget):
         bridge, cancel = self._bridge, self._cancel
 
         def _cancelled():  # the widget's Cancel, or the cancel button of the activity dock's progress bar
-            pbar = self._pbar
+            pbar = self._bars.bar
             if pbar is not None and getattr(pbar, "is_canceled", False):
                 cancel.set()
             return cancel.is_set()
@@ -183,33 +187,15 @@ class ModelWidget(TrainingForm, DockWidget):
         val = info.get("val") or {}
         vtxt = ", ".join(f"{k} {v:.4g}" for k, v in val.items()
                          if isinstance(v, (int, float)) and "acc" not in k)
-        # the epoch early stopping is expected at (models.training.expected_last_epoch; moves with a new best)
+        # the epoch early stopping is expected at (models.trainer.expected_last_epoch; moves with a new best)
         last = int(info.get("last_epoch") or info.get("max_epochs") or max(ep, 1))
         self.status_label.setText(
             f"{m.upper()} epoch {ep} of ~{last} (early stopping; at most {info.get('max_epochs', '?')}), ETA {eta}"
             + (f"; val {vtxt}" if vtxt else ""))
-        if self._pbar is None:
-            # cancelable: the activity dock's cancel button sets is_canceled, which the worker's cancel check
-            # polls (napari calls cancel_callback only for iterated bars, so none is given)
-            self._pbar = cancelable_progress(total=last, desc=f"scMEDAL {m.upper()}")
-            self._pbar_model = m
-        elif self._pbar_model != m:
-            # one bar for the whole run, restarted for each network: napari builds a new activity-dock widget
-            # on the GUI thread for every new bar (the longest event-loop gap while training)
-            self._pbar.set_description(f"scMEDAL {m.upper()}")
-            self._pbar.n = 0
-            self._pbar_model = m
-        pbar = self._pbar  # napari may process events below; keep a local handle
-        # the bar counts to the epoch early stopping is expected at (it moves when a new best appears), so
-        # napari's own time estimate agrees with the label's; the ETA is shown once, in the label
-        pbar.total = last
-        pbar.update(max(0, ep - pbar.n))
+        self._bars(info)  # one bar for the whole run, restarted for each network (progress.ProgressBars)
 
     def _close_pbar(self):
-        if self._pbar is not None:
-            self._pbar.close()
-        self._pbar = None
-        self._pbar_model = None
+        self._bars.close()
 
     @property
     def busy(self) -> bool:

@@ -74,8 +74,9 @@ def read_backed(path, seed: int = 0, max_fit: int = 5000, n_top: int = 2000):
     from napari_scmedal.data import detect_input_kind
     from napari_scmedal.data.ondisk import DEFAULT_CHUNK_CELLS, H5adSource
     from napari_scmedal.errors import DataError
+    from napari_scmedal.selection import subsample
 
-    from ._layers import file_embedding, fit_pca_2d, log_normalised, most_variable, sample_rows
+    from ._layers import file_embedding, fit_pca_2d, log_normalised, most_variable
 
     try:
         adata = ad.read_h5ad(path, backed="r")
@@ -87,7 +88,7 @@ def read_backed(path, seed: int = 0, max_fit: int = 5000, n_top: int = 2000):
         return (adata, *found)
     with H5adSource(path, obs=adata.obs) as src:
         n = src.n_obs
-        sample = src.read_rows(sample_rows(n, max_fit, seed))
+        sample = src.read_rows(subsample(n, max_fit, seed))
         counts = detect_input_kind(sample) == "counts"  # decided once, from the sample, for every block
         Xs = log_normalised(sample, counts)
         keep = most_variable(Xs, n_top)
