@@ -139,6 +139,9 @@ def test_colour_cells_by_a_gene_and_restore(make_napari_viewer, qtbot, trained):
     assert cells.face_color_mode == "colormap"
     np.testing.assert_allclose(cells.features["gene: " + gene].to_numpy(), expr, rtol=1e-5, atol=1e-6)
     lo, hi = cells.face_contrast_limits
+    from napari_scmedal.genomap.limits import robust_limits
+
+    assert (lo, hi) == pytest.approx(robust_limits([expr]), rel=1e-5)  # the genomaps' contrast rule
     t = np.clip((expr - lo) / (hi - lo), 0, 1)
     np.testing.assert_allclose(cells.face_color, cells.face_colormap.map(t), atol=1e-3)
     assert not np.allclose(cells.face_color, before)

@@ -275,8 +275,9 @@ class GenePanel(QGroupBox):
         feats = layer.features.copy()
         feats[col] = np.asarray(values, dtype=np.float64)
         layer.features = feats
-        lo, hi = (float(v) for v in np.nanpercentile(values, [1, 99]))
-        hi = hi if hi > lo else lo + 1e-6
+        from napari_scmedal.genomap.limits import PERCENTILES, robust_limits
+
+        lo, hi = robust_limits([values])  # the genomaps' contrast rule
         layer.face_colormap = CELL_CMAP
         layer.face_color = col
         layer.face_color_mode = "colormap"
@@ -284,7 +285,7 @@ class GenePanel(QGroupBox):
         layer.metadata["coloured_by_gene"] = gene
         self.restore_btn.setEnabled(True)
         self._say(f"{layer.name} coloured by {gene} ({scale}, original): {lo:.2f} (dark) to {hi:.2f} (light, "
-                  f"{CELL_CMAP}; 1st-99th percentile). Restore colours goes back.")
+                  f"{CELL_CMAP}; {PERCENTILES[0]:g}-{PERCENTILES[1]:g} percentiles). Restore colours goes back.")
 
     def restore_colours(self):
         """The cells layer's colouring from before it was coloured by a gene."""
