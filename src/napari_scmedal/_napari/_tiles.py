@@ -42,7 +42,7 @@ BAND_LABELS = {1: "CF - Original", 2: "CF - CF own batch"}
 
 def stack_versions(batches):
     """``[(label, core version)]`` offered for an all-cells stack."""
-    from napari_scmedal.compare import FE_RECON, ORIGINAL, RE_RECON, counterfactual_name
+    from napari_scmedal.versions import FE_RECON, ORIGINAL, RE_RECON, counterfactual_name
 
     out = [(ORIGINAL, "original"), (FE_RECON, "fe"), (RE_RECON, "re")]
     return out + [(counterfactual_name(b), f"cf:{b}") for b in batches]
@@ -55,7 +55,7 @@ def stack_layer_name(label):
 
 def tile_positions(comp):
     """``{image name: (band, column)}`` for the readable tile arrangement described above."""
-    from napari_scmedal.compare import (
+    from napari_scmedal.versions import (
         FE_MINUS_ORIGINAL,
         FE_RECON,
         ORIGINAL,
@@ -126,7 +126,7 @@ def row_title(comp, r):
 
 def short_title(name, comp):
     """Compact tile title (napari text does not scale with zoom)."""
-    from napari_scmedal.compare import FE_MINUS_ORIGINAL
+    from napari_scmedal.versions import FE_MINUS_ORIGINAL
 
     t = dict(_short_fixed(), **{FE_MINUS_ORIGINAL: "FE - Orig."})
     if name in t:
@@ -142,7 +142,7 @@ def _abbrev(batch: str) -> str:
 
 def _short_fixed() -> dict:
     """Short names of the versions every comparison has (tile titles and layer names share them)."""
-    from napari_scmedal.compare import FE_RECON, ORIGINAL, RE_RECON
+    from napari_scmedal.versions import FE_RECON, ORIGINAL, RE_RECON
 
     return {ORIGINAL: "Original", FE_RECON: "FE recon.", RE_RECON: "RE recon."}
 
@@ -150,7 +150,7 @@ def _short_fixed() -> dict:
 def tile_layer_name(name: str) -> str:
     """The napari layer name of the comparison image ``name``: ``Original | genomap``, ``CF <batch> | genomap``,
     ``dOrig CF <batch> | genomap`` (counterfactual minus original), ``dOwn CF <batch> | genomap``, ..."""
-    from napari_scmedal.compare import FE_MINUS_ORIGINAL
+    from napari_scmedal.versions import FE_MINUS_ORIGINAL
 
     fixed = dict(_short_fixed(), **{FE_MINUS_ORIGINAL: "dOrig FE"})
     if name in fixed:

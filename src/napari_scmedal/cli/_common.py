@@ -3,6 +3,7 @@ and the data, and the training progress bar."""
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from ..progress import Console, ProgressBars
 from ..report import report_health
@@ -17,6 +18,16 @@ class _Console(Console):
 
     def __init__(self, quiet: bool = False):
         super().__init__(quiet, prefix=PROG)
+
+
+def _data_options(parser, backed_help: str) -> None:
+    """The options every command that reads cells for a trained model shares: ``--layer``,
+    ``--size-factor-key`` and ``--backed`` (whose help says what reading backed does for that command)."""
+    parser.add_argument("--layer", default=None, help="use this layer instead of X")
+    parser.add_argument("--size-factor-key", default=None, metavar="OBS_COLUMN",
+                        help="obs column of per-cell total counts, used as library sizes instead of the sum over "
+                             "the model's normalisation genes (for count data lacking some of them)")
+    parser.add_argument("--backed", action="store_true", help=backed_help)
 
 
 def _split_list(values) -> list[str]:
@@ -76,7 +87,7 @@ def _load_model(path, args, health: bool = True):
 def _device_kw(fn, args) -> dict:
     import inspect
 
-    kw = {}
+    kw: dict[str, Any] = {}
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):

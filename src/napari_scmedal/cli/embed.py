@@ -5,7 +5,7 @@ from .._utils import atomic_output
 from .._utils import json_safe as _json_safe
 from ..report import write_h5ad as _write_h5ad
 from ..versions import cf_key, check_target_batches
-from ._common import _Console, _load_model, _read_data, _split_list
+from ._common import _Console, _data_options, _load_model, _read_data, _split_list
 from ._paths import UsageError, _check_output_file, _existing_file
 
 
@@ -113,12 +113,7 @@ def add_parser(sub, common):
     e.add_argument("--reconstructions", action="store_true", help="add FE and RE reconstructions as layers")
     e.add_argument("--counterfactuals", nargs="*", default=None, metavar="BATCH",
                    help="add counterfactual layers for these batches (no name: every batch)")
-    e.add_argument("--layer", default=None, help="use this layer instead of X")
-    e.add_argument("--size-factor-key", default=None, metavar="OBS_COLUMN",
-                    help="obs column of per-cell total counts, used as library sizes instead of the sum over the "
-                         "model's normalisation genes (for count data lacking some of them)")
-    e.add_argument("--backed", action="store_true",
-                   help="for files larger than memory: latents computed block by block, written into a copy of "
-                        "the file (latents only)")
+    _data_options(e, "for files larger than memory: latents computed block by block, written into a copy of "
+                     "the file (latents only)")
     e.set_defaults(func=cmd_embed)
     return e

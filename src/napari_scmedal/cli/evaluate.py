@@ -3,7 +3,7 @@ training health."""
 from __future__ import annotations
 
 from ..report import report_health, write_metrics
-from ._common import _Console, _load_model, _read_data
+from ._common import _Console, _data_options, _load_model, _read_data
 from ._paths import UsageError, _check_output_dir
 
 
@@ -63,12 +63,7 @@ def add_parser(sub, common):
                     help="also score these baseline latents on the same cells: pca (PCA of the model's "
                          "log-normalised genes) and/or harmony (Harmony on that PCA; needs napari-scmedal[harmony])")
     ev.add_argument("--subsample", type=int, default=10000, help="cells per score (default 10000)")
-    ev.add_argument("--layer", default=None)
-    ev.add_argument("--size-factor-key", default=None, metavar="OBS_COLUMN",
-                    help="obs column of per-cell total counts, used as library sizes instead of the sum over the "
-                         "model's normalisation genes (for count data lacking some of them)")
-    ev.add_argument("--backed", action="store_true",
-                    help="open the data backed (files larger than memory): latents are computed block by block")
+    _data_options(ev, "open the data backed (files larger than memory): latents are computed block by block")
     ev.add_argument("--out", required=True, metavar="DIR")
     ev.set_defaults(func=cmd_evaluate)
     return ev

@@ -3,7 +3,14 @@ optional per-pixel test between two groups of batches."""
 from __future__ import annotations
 
 from ..report import pixel_test_outputs, write_comparison_outputs, write_json
-from ._common import _Console, _formats, _load_model, _read_data, _split_list
+from ._common import (
+    _Console,
+    _data_options,
+    _formats,
+    _load_model,
+    _read_data,
+    _split_list,
+)
 from ._paths import UsageError, _check_output_dir
 
 
@@ -129,12 +136,7 @@ def add_parser(sub, common):
                     help="mixedlm p-values: normal (statsmodels' z-test; default) or t with n_batches - 2 degrees "
                          "of freedom (better calibrated with few batches)")
     gm.add_argument("--alpha", type=float, default=0.05, help="FDR level for --test (default 0.05)")
-    gm.add_argument("--layer", default=None)
-    gm.add_argument("--size-factor-key", default=None, metavar="OBS_COLUMN",
-                    help="obs column of per-cell total counts, used as library sizes instead of the sum over the "
-                         "model's normalisation genes (for count data lacking some of them)")
-    gm.add_argument("--backed", action="store_true",
-                    help="open the data backed (files larger than memory): only the chosen cells are read")
+    _data_options(gm, "open the data backed (files larger than memory): only the chosen cells are read")
     gm.add_argument("--out", required=True, metavar="DIR", help="output folder")
     gm.set_defaults(func=cmd_genomap)
     return gm

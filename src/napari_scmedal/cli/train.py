@@ -43,6 +43,7 @@ def _model(args, con: _Console, kw: dict):
         con.say(f"training out of core from {data_path.name} (read in blocks of "
                 f"{args.chunk_cells or 'the default number of'} cells; the file is never loaded whole)")
         model = ScMEDAL(data_path, layer=args.layer, backed=True, chunk_cells=args.chunk_cells, **kw)
+        assert model._plan is not None  # backed=True: the model trains out of core
         info = model._plan.info
         con.say(f"streamed {info['cells_in_file']} cells x {info['genes_in_file']} genes in "
                 f"{info['pass1_s'] + info['pass2_s']:.1f} s ({info['cells_removed']} cells and "
