@@ -26,7 +26,7 @@ HALO = "white"
 class TileMarks:
     """Highlighted genes, a gene-set outline and set scores, resolved once for a comparison."""
 
-    def __init__(self, comparison, highlight=None, gene_set=None, gene_set_name=None, set_scores=None):
+    def __init__(self, comparison, highlight=None, gene_set=None, gene_set_name=None, set_scores=None) -> None:
         layout = comparison.layout
         self.genes: list[str] = []
         self.pix = np.zeros((0, 2), dtype=np.int64)
@@ -36,7 +36,7 @@ class TileMarks:
         self.segments = np.zeros((0, 2, 2))
         self.set_genes: list[str] = []
         self.set_name = gene_set_name
-        self.scores = None
+        self.scores: pd.DataFrame | None = None
         self.n_set = 0
         if gene_set is not None:
             m = resolve_genes(gene_set, layout)
@@ -49,7 +49,7 @@ class TileMarks:
             self.segments = outline_segments(gene_set_mask(layout, self.set_genes))
             if set_scores is None and getattr(comparison, "scale", None) == "zscore":
                 set_scores = _set_scores(comparison, self.set_genes)
-        self._decimals = None
+        self._decimals: int | None = None
         if set_scores is not None:
             self.scores = set_scores.set_index("row")
 
@@ -95,8 +95,10 @@ class TileMarks:
 
     def _widest(self, fig, decimals: int) -> float:
         """Width (inches) of the widest score text with ``decimals`` decimals."""
-        cols = [c for c in self.scores.columns if c not in ("title", "n_genes", "set")]
-        texts = {self._format(float(v), "difference", decimals) for v in self.scores[cols].to_numpy().ravel()}
+        scores = self.scores
+        assert scores is not None  # draw() measures only when there are scores
+        cols = [c for c in scores.columns if c not in ("title", "n_genes", "set")]
+        texts = {self._format(float(v), "difference", decimals) for v in scores[cols].to_numpy().ravel()}
         t = fig.text(0, 0, max(texts, key=len), fontsize=SMALL_PT)
         width = t.get_window_extent(fig.canvas.get_renderer()).width / fig.dpi
         t.remove()
@@ -118,8 +120,9 @@ class TileMarks:
             layers = ((HALO, core + 0.5), (SET_COLOR, core)) if px_pt >= 2.0 else ((SET_COLOR, core),)
             xy = self.segments[:, :, ::-1]  # (row, col) -> (x, y) in the image's data coordinates
             for color, lw in layers:
-                lc = LineCollection(xy, colors=color, linewidths=lw, capstyle="projecting", clip_on=False,
-                                    zorder=3)
+                # matplotlib's stub asks for a Sequence; an (n, 2, 2) array of segments is documented too
+                lc = LineCollection(xy, colors=color, linewidths=lw,  # type: ignore[arg-type]
+                                    capstyle="projecting", clip_on=False, zorder=3)
                 ax.add_collection(lc)
                 arts.append(lc)
         if len(self.genes):

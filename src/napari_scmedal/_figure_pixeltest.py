@@ -21,6 +21,7 @@ from ._figure_text import (
     _colorbar,
     _Meter,
     _new_figure,
+    _tag_figure,
     _wrap,
 )
 
@@ -103,5 +104,5 @@ def pixel_test_figure(result, background: np.ndarray | None = None, title: str |
         _colorbar(fig, im, ((c - bar_w / 2) / W, bar_y / H, bar_w / W, 2.0 * MM / H), lab, bar_w + 4 * MM,
                   meter)
     fig.suptitle(sup, fontsize=TITLE_PT, x=0.5, y=1 - (PAD + y_off) / H, va="top")
-    fig._scmedal_fitted = True
+    _tag_figure(fig, fitted=True)  # laid out to fill its size (save_figure: no tight cropping)
     return fig

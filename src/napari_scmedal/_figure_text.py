@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import textwrap
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib import colormaps
@@ -17,6 +18,9 @@ from matplotlib.ticker import MaxNLocator
 
 from .errors import ScMEDALError
 
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType
+
 MM = 1.0 / 25.4  # inches per millimetre
 DEFAULT_WIDTH_MM = 180.0  # a full-page figure
 MAX_TILE_MM = 50.0  # a default-size panel with few columns is narrower than the page
@@ -26,7 +30,7 @@ SMALL_PT = 6.0  # tick labels, gene labels, notes
 TITLE_PT = 8.0  # the figure title
 PAD = 1.0 * MM  # page margin
 TIGHT_PAD = 0.03  # inches kept around a figure saved with a tight bounding box
-SAVE_RC = {"svg.fonttype": "none", "pdf.fonttype": 42, "ps.fonttype": 42}
+SAVE_RC: dict[RcKeyType, Any] = {"svg.fonttype": "none", "pdf.fonttype": 42, "ps.fonttype": 42}
 EXPRESSION_CMAP = "viridis"
 DIFFERENCE_CMAP = "RdBu_r"
 OWN_BATCH_COLOR = "#e8590c"
@@ -61,6 +65,13 @@ def _new_figure(size, dpi) -> Figure:
     return fig
 
 
+def _tag_figure(fig: Figure, **attrs: Any) -> None:
+    """Store the panel's own attributes on ``fig`` as ``fig._scmedal_<name>`` (a Figure does not declare them):
+    ``fitted`` (laid out to fill its size: saved as is, no tight cropping), ``axes``, ``marks``, ..."""
+    for name, value in attrs.items():
+        setattr(fig, f"_scmedal_{name}", value)
+
+
 # ----------------------------------------------------------------------------------------------
 # measuring and wrapping text at its final size
 # ----------------------------------------------------------------------------------------------
@@ -69,7 +80,9 @@ class _Meter:
 
     def __init__(self, dpi: int = 144):
         self.fig = _new_figure((4, 4), dpi)
-        self.renderer = self.fig.canvas.get_renderer()
+        canvas = self.fig.canvas
+        assert isinstance(canvas, FigureCanvasAgg)  # _new_figure attached it
+        self.renderer = canvas.get_renderer()
         self._cache: dict = {}
 
     def size(self, s: str, fontsize: float, rotation: float = 0.0) -> tuple[float, float]:

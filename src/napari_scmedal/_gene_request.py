@@ -69,7 +69,8 @@ def gene_outputs(comparison, request: GeneRequest, out, stem: str, model=None, a
     """Write ``<stem>_gene_values.csv`` (:func:`gene_values` of the highlighted genes) and
     ``<stem>_set_scores.csv`` (:func:`set_scores` of the set, with a ``set`` column) into the folder
     ``out``.  Returns ``(paths, figure keyword arguments)`` for :func:`~napari_scmedal.figures.comparison_figure`."""
-    files, kw = [], {}
+    files: list[str] = []
+    kw: dict[str, Any] = {}
     if request.highlight:
         values = gene_values(comparison, request.highlight)
         files.append(write_csv(values, os.path.join(out, f"{stem}_gene_values.csv")))

@@ -63,7 +63,8 @@ def stop_lines(history: dict | None) -> list[str]:
         if not isinstance(h, dict) or "epochs" not in h:
             continue
         n = len(h.get("epochs") or [])
-        reason = STOP_REASONS.get(h.get("stopped"), str(h.get("stopped")))
+        stopped = str(h.get("stopped"))
+        reason = STOP_REASONS.get(stopped, stopped)
         out.append(f"{kind.upper()}: {n} epoch{'' if n == 1 else 's'}, best epoch {h.get('best_epoch')}, "
                    f"stopped: {reason}")
     return out

@@ -18,11 +18,11 @@ def json_safe(obj: Any, drop_none: bool = False) -> Any:
     ``TorchVersion``) plain strings and anything else its ``str``. ``drop_none``: entries that are or
     become ``None`` are left out of dicts and lists (what ``.h5ad`` ``uns`` can store)."""
     if isinstance(obj, dict):
-        out = {str(k): json_safe(v, drop_none) for k, v in obj.items()}
-        return {k: v for k, v in out.items() if v is not None} if drop_none else out
+        entries = {str(k): json_safe(v, drop_none) for k, v in obj.items()}
+        return {k: v for k, v in entries.items() if v is not None} if drop_none else entries
     if isinstance(obj, (list, tuple)):
-        out = [json_safe(v, drop_none) for v in obj]
-        return [v for v in out if v is not None] if drop_none else out
+        items = [json_safe(v, drop_none) for v in obj]
+        return [v for v in items if v is not None] if drop_none else items
     if isinstance(obj, np.ndarray):
         return json_safe(obj.tolist(), drop_none)
     if isinstance(obj, np.generic):
@@ -78,7 +78,7 @@ def remove_stale_temps(path, suffix: str, min_age: float = STALE_TEMP_SECONDS) -
 
     path = Path(path)
     pat = re.compile(r"\." + re.escape(path.name) + r"\.[A-Za-z0-9_]{8}" + re.escape(suffix) + r"\Z")
-    removed = []
+    removed: list[str] = []
     try:
         entries = list(os.scandir(path.parent if str(path.parent) else "."))
     except OSError:

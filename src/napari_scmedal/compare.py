@@ -167,14 +167,15 @@ class Comparison:
         if not path.endswith(".npz"):
             path += ".npz"
         with atomic_output(path) as tmp:
-            np.savez_compressed(tmp, **self.to_arrays())
+            # numpy's stub matches the **arrays against its allow_pickle: bool keyword too
+            np.savez_compressed(tmp, **self.to_arrays())  # type: ignore[arg-type]
         return path
 
 
 # ----------------------------------------------------------------------------------------------
 # the comparison
 # ----------------------------------------------------------------------------------------------
-def _single_or_none(values: Sequence[str]) -> str | None:
+def _single_or_none(values: Sequence[str | None]) -> str | None:
     u = pd.unique(np.asarray(values, dtype=object))
     return str(u[0]) if len(u) == 1 else None
 

@@ -37,6 +37,8 @@ model file with the anchors.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 __all__ = ["SHRINK_CELLS", "MIN_CELLS", "RECENTRE_CELLS", "PSEUDO", "KNN", "ALPHAS", "group_stats", "changes",
@@ -127,10 +129,11 @@ def changes(means: np.ndarray, log_means: np.ndarray, counts: np.ndarray, source
 
     The last row stands for cells of no known group (index it with -1)."""
     n_groups, n_genes = counts.shape[1], means.shape[2]
-    out = {"log_ratio": np.zeros(n_genes), "shift": np.zeros(n_genes), "own": np.zeros((n_groups + 1, n_genes)),
-           "weight": np.zeros(n_groups + 1), "extrapolated": np.zeros(n_groups + 1, dtype=bool),
-           "level": np.zeros((n_groups + 1, n_genes)), "beta": 0.0,
-           "source": np.zeros((n_groups + 1, n_genes)), "anchored": np.zeros(n_groups + 1, dtype=bool)}
+    out: dict[str, Any] = {
+        "log_ratio": np.zeros(n_genes), "shift": np.zeros(n_genes), "own": np.zeros((n_groups + 1, n_genes)),
+        "weight": np.zeros(n_groups + 1), "extrapolated": np.zeros(n_groups + 1, dtype=bool),
+        "level": np.zeros((n_groups + 1, n_genes)), "beta": 0.0,
+        "source": np.zeros((n_groups + 1, n_genes)), "anchored": np.zeros(n_groups + 1, dtype=bool)}
     if source == target:
         return out
     seen_src = counts[source] >= MIN_CELLS

@@ -102,7 +102,7 @@ def run_demo(out="scmedal_demo", *, fast: bool = False, n_genes: int | None = No
     DemoResult
     """
     con = con if con is not None else Console()
-    cfg = dict(DEMO_FAST if fast else DEMO_FULL)
+    cfg: dict[str, Any] = dict(DEMO_FAST if fast else DEMO_FULL)
     if n_genes is not None:
         cfg["n_genes"] = n_genes
     if epochs is not None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -60,6 +61,7 @@ from ._figure_text import (  # noqa: F401
     _new_figure,
     _place_bars,
     _spread,
+    _tag_figure,
     _wrap,
     display_name,
     short_name,
@@ -380,18 +382,17 @@ def comparison_figure(
                                       solid_joinstyle="round", solid_capstyle="round"))
     # colour bars under the columns they apply to
     bar_y = grid_top - n_r * th - (n_r - 1) * vgap - 1.8 * MM - 2.0 * MM - marks.score_height
-    for k, (c, w), lw in zip(bar_kinds, bars, label_ws):
+    for kind, (c, w), lw in zip(bar_kinds, bars, label_ws):
         c += x_off
-        _colorbar(fig, ims[k], ((c - w / 2) / W, bar_y / H, w / W, 2.0 * MM / H), bar_labels[k], lw, meter)
+        _colorbar(fig, ims[kind], ((c - w / 2) / W, bar_y / H, w / W, 2.0 * MM / H), bar_labels[kind], lw, meter)
     if note:
         fig.text(PAD / W, (PAD + y_off) / H, note, ha="left", va="bottom", fontsize=SMALL_PT,
                  color="0.25")
     if sup:
         fig.suptitle(sup, fontsize=TITLE_PT, x=0.5, y=1 - (PAD + y_off) / H, va="top")
-    fig._scmedal_axes = axes  # for callers/tests that want the image axes grid
-    fig._scmedal_fitted = True  # laid out to fill its size: save as is, no tight cropping
-    fig._scmedal_gene_labels_shown = shown
-    fig._scmedal_marks = mark_artists  # rings, outlines, gene names and set scores drawn on the tiles
+    # axes: the image axes grid (for callers and tests); fitted: laid out to fill its size, saved as is with no
+    # tight cropping; marks: rings, outlines, gene names and set scores drawn on the tiles
+    _tag_figure(fig, axes=axes, fitted=True, gene_labels_shown=shown, marks=mark_artists)
     return fig
 
 
@@ -429,7 +430,7 @@ def save_figure(fig: Figure, path, dpi: int = 300, transparent: bool = False,
     if not os.path.isdir(folder):
         raise FigureFormatError(f"The folder {folder!r} does not exist; create it or choose another path.")
     fmt = FIGURE_FORMATS[ext]
-    kwargs = {"pil_kwargs": {"compression": "tiff_lzw"}} if fmt == "tiff" else {}
+    kwargs: dict[str, Any] = {"pil_kwargs": {"compression": "tiff_lzw"}} if fmt == "tiff" else {}
     if tight is None:
         tight = not getattr(fig, "_scmedal_fitted", False)
     if tight:

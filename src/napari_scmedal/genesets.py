@@ -158,7 +158,7 @@ def _aliases(genes: Sequence[str], var) -> dict[str, str]:
 
 def _suggest(query: str, genes: Sequence[str], n: int = 5) -> list[str]:
     q = str(query).strip().upper()
-    upper = {}
+    upper: dict[str, str] = {}
     for g in genes:
         upper.setdefault(g.upper(), g)
     prefix = sorted((g for u, g in upper.items() if len(q) >= 2 and u.startswith(q)), key=len)[:n]
@@ -197,8 +197,8 @@ def resolve_genes(queries, model_or_genes, var: pd.DataFrame | None = None, stri
     genes = _genes_of(model_or_genes)
     exact = set(genes)
     by_key: dict[str, str] = {}
-    for g in genes:
-        by_key.setdefault(_key(g), g)
+    for gene in genes:
+        by_key.setdefault(_key(gene), gene)
     aliases = None
     found: list[str] = []
     matched: dict[str, str] = {}
@@ -258,7 +258,7 @@ def outline_segments(mask: np.ndarray) -> np.ndarray:
     integers, edges at +-0.5, like ``imshow`` and napari).  Collinear edges are merged."""
     m = np.asarray(mask, dtype=bool)
     p = np.pad(m, 1)
-    segs = []
+    segs: list[tuple[tuple[float, float], tuple[float, float]]] = []
     horiz = p[1:, 1:-1] != p[:-1, 1:-1]  # (R + 1, C): the edge above row r
     for r in range(horiz.shape[0]):
         segs.extend(((r - 0.5, a - 0.5), (r - 0.5, b - 0.5)) for a, b in _runs(horiz[r]))
@@ -348,12 +348,13 @@ def set_scores(comparison, genes, model=None, adata=None, reference: pd.DataFram
     names = _layout_names(comparison.layout, genes)
     pix = gene_pixels(comparison.layout, names)
     z_given = getattr(comparison, "scale", "log1p") == "zscore"
-    mean, std = (None, None) if z_given else _reference(names, model, adata, reference)
+    ref = None if z_given else _reference(names, model, adata, reference)
     df = pd.DataFrame({"row": np.arange(comparison.n_rows), "title": list(comparison.row_titles),
                        "n_genes": len(names)})
     for name, img in comparison.images.items():
         v = np.asarray(img)[:, pix[:, 0], pix[:, 1]].astype(np.float64)
-        if not z_given:
+        if ref is not None:  # log1p units: z-scored with the reference mean and standard deviation
+            mean, std = ref
             v = (v - mean) / std if comparison.kinds[name] == "expression" else v / std
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # a row without its own batch: NaN

@@ -259,8 +259,8 @@ def _fit_pixels(images, groups, batches, layout, reference, chunk_pixels, progre
     return d, grid, shape, out, tested
 
 
-def mixed_model_pixels(images, groups: Sequence, batches: Sequence, layout=None, *, reference=None,
-                       dist: str = "normal", chunk_pixels: int | None = None,
+def mixed_model_pixels(images, groups: Sequence | np.ndarray, batches: Sequence | np.ndarray, layout=None, *,
+                       reference=None, dist: str = "normal", chunk_pixels: int | None = None,
                        progress: Callable[[dict], None] | None = None, cancel=None) -> pd.DataFrame:
     """Per pixel, ``value ~ group + (1 | batch)`` by REML, Wald z-test of the group, Benjamini-Hochberg.
 
@@ -312,9 +312,9 @@ def mixed_model_pixels(images, groups: Sequence, batches: Sequence, layout=None,
     return df
 
 
-def mixed_model_test(images, groups: Sequence, batches: Sequence, layout=None, alpha: float = 0.05, *,
-                     reference=None, dist: str = "normal", chunk_pixels: int | None = None, progress=None,
-                     cancel=None):
+def mixed_model_test(images, groups: Sequence | np.ndarray, batches: Sequence | np.ndarray, layout=None,
+                     alpha: float = 0.05, *, reference=None, dist: str = "normal", chunk_pixels: int | None = None,
+                     progress=None, cancel=None):
     """:func:`mixed_model_pixels` as a :class:`~napari_scmedal.analysis.PixelTestResult` (``test="mixedlm"``).
 
     The table has the Mann-Whitney result's columns (``gene, row, col, mean_<ref>, mean_<other>, diff,

@@ -21,6 +21,8 @@ label scores; the RE latent wants the opposite by batch (:func:`metric_goal`).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ._metrics_baselines import BASELINES, baseline_latents, check_baselines, harmony_latent, pca_latent
@@ -111,7 +113,7 @@ def latent_scores(latent, batch, label=None, subsample: int | None = 10000, seed
     latent = np.asarray(latent, dtype=np.float64)
     idx = _subsample_rows(latent.shape[0], subsample, seed)
     x, b = latent[idx], np.asarray(batch)[idx]
-    out = {"batch": cluster_scores(x, b, None)}
+    out: dict[str, Any] = {"batch": cluster_scores(x, b, None)}
     keep_b = _known(b)
     neigh = knn(x[keep_b], n_neighbors)
     out["batch"]["ilisi"] = ilisi(x[keep_b], b[keep_b], neighbors=neigh)
@@ -236,8 +238,9 @@ def mixed_effects_classification(fe, re, target, *, train_idx=None, test_idx=Non
         accs = _fold_accuracies(f, y, folds, n_trees, seed)
         out[name] = float(np.mean(accs))
         out["folds"][name] = accs
-        if out["ci"] is not None:
-            out["ci"][name] = list(_interval(accs))
+        interval = _interval(accs)  # one accuracy per fold: an interval whenever there are several folds
+        if out["ci"] is not None and interval is not None:
+            out["ci"][name] = list(interval)
     chance = _chance(y, folds)
     ci = _interval(chance)
     out.update(chance=float(np.mean(chance)), chance_folds=chance, chance_ci=None if ci is None else list(ci),
@@ -299,7 +302,7 @@ def evaluate_model(model, split: str = "test", *, subsample: int | None = 10000,
                         f"the model was trained on.") from None
     batch = ad_.obs[model.recipe.batch_key].astype(str).to_numpy()
     label = ad_.obs[model.recipe.label_key].astype(str).to_numpy() if model.recipe.label_key else None
-    table = {"split": split, "n_cells": int(len(idx)), "latents": {}, "baselines": list(baselines)}
+    table: dict[str, Any] = {"split": split, "n_cells": int(len(idx)), "latents": {}, "baselines": list(baselines)}
     lat = {k: model.get_latent_representation(k, adata=ad_) for k in model.trained_kinds}
     if baselines:
         lat.update(baseline_latents(model, ad_, baselines, seed=seed))

@@ -286,7 +286,7 @@ class Recipe:
         else:
             label = None
 
-        norm_idx = None
+        norm_idx: np.ndarray | LibrarySizes | None = None
         if self.input_kind == "counts" and self.size_factor_key is not None:
             norm_idx = self._library_sizes(obs)
         elif self.input_kind == "counts" and self.normalization_genes is not None:
@@ -300,9 +300,9 @@ class Recipe:
                     "shift. Pass the full gene set (not adata[:, model.genes]), or name an obs column of per-cell "
                     "total counts with size_factor_key= (model.size_factor_key = 'total_counts'; CLI "
                     "--size-factor-key), which is then used instead.")
-            norm_idx = np.sort(ni)
-            if norm_idx.size == len(names):  # every gene counts: no column slicing needed
-                norm_idx = None
+            sorted_idx = np.sort(ni)
+            # every gene counts: no column slicing needed
+            norm_idx = None if sorted_idx.size == len(names) else sorted_idx
         return idx, norm_idx, batch, label
 
     def _library_sizes(self, obs) -> LibrarySizes:
@@ -344,6 +344,7 @@ class Recipe:
         n_nonint = int(np.count_nonzero(sub != np.round(sub)))
         vmax = float(sub.max(initial=0.0))
         if self.input_kind == "counts":
+            assert self.target_sum is not None  # a counts recipe always has one (make_recipe, from_dict's checks)
             sub = log_normalize(sub, size_factors(block, norm_idx, self.target_sum, where))
         return sub, n_nonint, vmax
 

@@ -35,7 +35,7 @@ def stratified_split(
         lab = pd.Series(np.asarray(label)).astype(str).to_numpy()
         strata = np.char.add(np.char.add(b.astype(str), "\x1f"), lab.astype(str))
     rng = np.random.default_rng(seed)
-    parts = {"train": [], "val": [], "test": []}
+    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
     keys, inverse = np.unique(strata, return_inverse=True)
     for k in range(len(keys)):
         idx = np.flatnonzero(inverse == k)

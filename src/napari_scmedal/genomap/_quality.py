@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -117,7 +118,7 @@ def layout_quality(layout: GenomapLayout, X, seed: int = 0, max_pairs: int = 5_0
     rand_grid = np.full(layout.shape[0] * layout.shape[1], -1, dtype=np.int64)
     rand_grid[rand_flat] = np.arange(n)
     rand_grid = rand_grid.reshape(layout.shape)
-    out = {"n_genes": int(n), "shape": list(layout.shape), "geometry": layout.geometry}
+    out: dict[str, Any] = {"n_genes": int(n), "shape": list(layout.shape), "geometry": layout.geometry}
     out["neighbour_correlation"] = _neighbour_mean(R, np.asarray(layout.grid))
     out["neighbour_correlation_random"] = _neighbour_mean(R, rand_grid)
     nr = out["neighbour_correlation_random"]

@@ -114,8 +114,8 @@ def _reference_cells(obs: pd.DataFrame, batch_key: str, label_key: str | None, n
     if label_key is not None and label_key in obs.columns:
         keys = keys + "\x00" + obs[label_key].astype(str)
     keys = keys.to_numpy()
-    must = [int(rng.choice(np.flatnonzero(keys == k))) for k in pd.unique(keys)]
-    must = np.array(sorted(set(must)), dtype=np.int64)
+    first = [int(rng.choice(np.flatnonzero(keys == k))) for k in pd.unique(keys)]
+    must = np.array(sorted(set(first)), dtype=np.int64)
     rest = np.setdiff1d(np.arange(len(obs)), must)
     extra = max(0, n - must.size)
     if extra and rest.size:

@@ -34,6 +34,8 @@ from ..versions import CF_DEFAULT, check_version
 from .ensure import ensure_layout, layout_columns
 
 if TYPE_CHECKING:
+    from dask.typing import Graph
+
     from ..model._protocols import VersionsModel
 
 __all__ = ["LazyGenomaps", "difference_stack", "genomap_stack", "stack_source"]
@@ -107,7 +109,8 @@ class LazyGenomaps:
     """The chunk function behind a lazy stack: ``chunk(a, b)`` -> ``(b - a, rows, cols)`` genomaps of
     cells ``a:b`` of one version, with a small LRU cache of computed chunks. Thread-safe."""
 
-    def __init__(self, model, adata, version, method, layout, n_cells, chunk_cells, dtype, cache_chunks):
+    def __init__(self, model, adata, version, method, layout, n_cells, chunk_cells, dtype,
+                 cache_chunks) -> None:
         self.model = model
         self.adata = adata
         self.version = version
@@ -174,7 +177,7 @@ def _as_dask(source: LazyGenomaps, name_prefix: str):
     n, c = source.n_cells, source.chunk_cells
     bounds = [(a, min(a + c, n)) for a in range(0, n, c)]
     name = f"{name_prefix}-{uuid.uuid4().hex}"
-    dsk = {(name, i, 0, 0): (source.chunk, a, b) for i, (a, b) in enumerate(bounds)}
+    dsk: Graph = {(name, i, 0, 0): (source.chunk, a, b) for i, (a, b) in enumerate(bounds)}
     sizes = tuple(b - a for a, b in bounds) or (0,)
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
     return da.Array(graph, name, chunks=(sizes, (R,), (C,)), dtype=source.dtype,
@@ -241,5 +244,7 @@ def difference_stack(model, adata=None, version_a: str = "fe", version_b: str = 
     version_a = check_version(model, version_a, kwargs.get("method", CF_DEFAULT))
     version_b = check_version(model, version_b, kwargs.get("method", CF_DEFAULT))
     a = genomap_stack(model, adata, version_a, layout=layout, **kwargs)
-    b = genomap_stack(model, adata, version_b, layout=stack_source(a).layout, **kwargs)
+    source = stack_source(a)
+    assert source is not None  # genomap_stack registers every stack it makes (alive while the stack is)
+    b = genomap_stack(model, adata, version_b, layout=source.layout, **kwargs)
     return a - b

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..counterfactual import ALPHA_BATCHES, assign_groups, choose_alpha, cluster_anchors, group_stats
 from ..errors import ScMEDALError
+from ._state import _State
 
 __all__ = ["CF_ANCHORS_PER_BATCH", "Anchors"]
 
@@ -20,7 +21,7 @@ __all__ = ["CF_ANCHORS_PER_BATCH", "Anchors"]
 CF_ANCHORS_PER_BATCH = 1000
 
 
-class Anchors:
+class Anchors(_State):
     """The counterfactuals' anchors and statistics: :meth:`_anchors` and how they are computed."""
 
     def _anchors(self) -> dict[str, np.ndarray]:

@@ -10,18 +10,21 @@ methods of :mod:`napari_scmedal.model._inference`; this module only computes.
 from __future__ import annotations
 
 import warnings
+from typing import cast
 
 import numpy as np
 import torch
 
 from ..counterfactual import apply_change, assign_groups, changes
 from ..errors import ScMEDALError
+from ..models import FE, RE
 from ..versions import CF_NEIGHBOURS, batch_position, check_method
+from ._state import _State
 
 __all__ = ["Counterfactuals"]
 
 
-class Counterfactuals:
+class Counterfactuals(_State):
     """The counterfactual methods' computation over prepared cells."""
 
     def _check_method(self, method) -> str:
@@ -137,7 +140,7 @@ class Counterfactuals:
         the shift is exactly zero and the output is the RE reconstruction.
         """
         anchors = self._anchors()
-        fe_net, re_net = self.nets["fe"].eval(), self.nets["re"].eval()
+        fe_net, re_net = cast(FE, self.nets["fe"].eval()), cast(RE, self.nets["re"].eval())  # see make_networks
         dev, nb = self.device, len(self.batches)
         a_fe = torch.as_tensor(anchors["fe"], dtype=torch.float32, device=dev)
         a_re = torch.as_tensor(anchors["re"], dtype=torch.float32, device=dev)

@@ -9,11 +9,13 @@ restricts them to ``rows=(start, stop)``.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ..errors import DataError
+from ._state import _State
 
 __all__ = ["DataAccess"]
 
@@ -21,7 +23,7 @@ _NO_DATA = ("this model was loaded from a file and does not carry its training d
             "with the model's genes and batch column")
 
 
-class DataAccess:
+class DataAccess(_State):
     """The model's data access: ``_training_adata``, ``_prepare``, ``_prepare_rows`` and ``n_cells``."""
 
     def _training_adata(self, adata=None):
@@ -64,6 +66,7 @@ class DataAccess:
         # row-range calls (genomap stacks) reuse the view of the same data: the whole data set's metadata is
         # matched to the recipe once. A path is keyed by the file's identity and modification time (a
         # rewritten file gets a new view), an object by its id and shape.
+        key: tuple[Any, ...]
         if isinstance(adata, (str, os.PathLike)):
             st = os.stat(adata)
             key = (os.path.realpath(adata), st.st_ino, st.st_mtime_ns, st.st_size)

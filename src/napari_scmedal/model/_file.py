@@ -8,7 +8,7 @@ is :mod:`napari_scmedal.modelfile`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -26,13 +26,14 @@ from ..modelfile import (
 )
 from ..models.defaults import validate_config
 from ._config import make_networks, software_versions
+from ._state import _State
 
 __all__ = ["ModelFile"]
 
 _Model = TypeVar("_Model", bound="ModelFile")
 
 
-class ModelFile:
+class ModelFile(_State):
     """The model's file and AnnData outputs."""
 
     def summary(self) -> dict:
@@ -44,7 +45,7 @@ class ModelFile:
             Genes, batches, labels, keys, preset, seed, config, trained kinds, best epochs, health,
             derived settings and the software versions.
         """
-        s = {"genes": self.genes, "batches": self.batches, "batch_key": self.recipe.batch_key,
+        s: dict[str, Any] = {"genes": self.genes, "batches": self.batches, "batch_key": self.recipe.batch_key,
              "preset": self.preset, "seed": self.seed, "trained": list(self._trained),
              "config": self.config, "versions": software_versions(), "n_genes": int(self.recipe.n_genes)}
         if self.labels is not None:

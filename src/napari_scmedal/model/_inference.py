@@ -11,6 +11,7 @@ versions need from it.
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,11 +26,12 @@ from ..versions import (
     check_target_batches,
     check_version,
 )
+from ._state import _State
 
 __all__ = ["Inference"]
 
 
-class Inference:
+class Inference(_State):
     """The model's inference methods: latents and versions of the cells' expression."""
 
     def _check_kind(self, kind, allowed):
@@ -44,7 +46,7 @@ class Inference:
                                f"(or train again if it was cancelled).")
 
     @torch.no_grad()
-    def _run(self, kind, prep, what, z_override=None, batch_size=4096):
+    def _run(self, kind: str, prep, what, z_override: torch.Tensor | None = None, batch_size: int = 4096) -> Any:
         """Network ``kind`` over ``prep``'s cells in minibatches of ``batch_size``, in model space:
         ``what`` = ``"recon"`` or ``"latent"`` gives that output, a tuple of them a dict of each (one
         pass). RE decodes with each cell's own batch, or ``z_override`` (a ``(1, n_batches)`` one-hot)."""
@@ -69,7 +71,7 @@ class Inference:
                 for w in whats:
                     outs[w].append(out[w].float().cpu().numpy())
         res = {w: np.concatenate(o).astype(np.float32, copy=False) if o else
-               np.zeros((0, net.n_genes if w == "recon" else int(self.config["latent"])), np.float32)
+               np.zeros((0, self.recipe.n_genes if w == "recon" else int(self.config["latent"])), np.float32)
                for w, o in outs.items()}
         return res[what] if isinstance(what, str) else res
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,6 +24,9 @@ from ._data import DataAccess
 from ._file import ModelFile
 from ._inference import Inference
 from ._training import Training
+
+if TYPE_CHECKING:
+    from ..distributed import Comm
 
 __all__ = ["ScMEDAL"]
 
@@ -55,7 +60,7 @@ class ScMEDAL(DataAccess, Training, Inference, Counterfactuals, Anchors, ModelFi
     def __init__(self, adata, batch_key: str = "batch", label_key: str | None = None, n_genes: int = 2916,
                  layer: str | None = None, seed: int = 0, preset: str = "auto", device=None,
                  threads: int | None = None, backed: bool | None = None, chunk_cells: int | None = None,
-                 **hyperparameters):
+                 **hyperparameters) -> None:
         from ..data import prepare_training
         from ..data.ondisk import DEFAULT_CHUNK_CELLS, is_on_disk, stream_prepare
 
@@ -96,12 +101,12 @@ class ScMEDAL(DataAccess, Training, Inference, Counterfactuals, Anchors, ModelFi
         self._build_networks()
 
     @staticmethod
-    def _comm():
+    def _comm() -> Comm:
         from ..distributed import Comm
 
         return Comm()
 
-    def _init_common(self, recipe, config, preset, seed, device, threads):
+    def _init_common(self, recipe, config, preset, seed, device, threads) -> None:
         """The state shared by a new model and a loaded one (no data, no networks yet)."""
         self.recipe = recipe
         self.config = config
@@ -127,11 +132,11 @@ class ScMEDAL(DataAccess, Training, Inference, Counterfactuals, Anchors, ModelFi
         self._split_idx: dict[str, np.ndarray] = {}
         self._cf_anchors: dict[str, np.ndarray] | None = None
 
-    def _build_networks(self):
+    def _build_networks(self) -> None:
         self.nets: dict[str, torch.nn.Module] = make_networks(self.recipe, self.config, self.seed, self.device)
 
     @contextlib.contextmanager
-    def _threads(self):
+    def _threads(self) -> Iterator[None]:
         """``torch.set_num_threads(self.threads)`` while inside (nothing when ``threads`` is None)."""
         old = torch.get_num_threads()
         if self.threads:

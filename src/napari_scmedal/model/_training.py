@@ -7,21 +7,22 @@ the minibatch sources of the splits, the derived settings, the per-network task 
 from __future__ import annotations
 
 import time
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import numpy as np
 import torch
 
 from ..errors import DataError, ScMEDALError, TrainingError
-from ..models import FETask, RETask, Tensors, fit, is_cancelled
+from ..models import FE, RE, FETask, RETask, Tensors, fit, is_cancelled
 from ..models.defaults import derive_settings
+from ._state import _State
 
 __all__ = ["Training"]
 
 _Model = TypeVar("_Model", bound="Training")
 
 
-class Training:
+class Training(_State):
     """The model's training: :meth:`train` and its helpers."""
 
     def train(self: _Model, max_epochs: int | None = None, patience: int | None = None, batch_size: int | None = None,
@@ -137,9 +138,9 @@ class Training:
                        min_delta=float(c.get("min_delta") or 0.0), **fit_args)
         except TrainingError as e:
             self.nets[kind].eval()
-            hist = getattr(e, "history", None)
-            if hist is not None:
-                self._record(kind, hist)
+            partial = getattr(e, "history", None)
+            if partial is not None:
+                self._record(kind, partial)
             raise
         hist["config"] = {"max_epochs": max_epochs, "patience": patience, "batch_size": batch_size,
                           "lr": settings["lr"], "min_epochs": settings["min_epochs"],
@@ -189,13 +190,13 @@ class Training:
         c, net = dict(self.config), self.nets[kind]
         lr = settings["lr"]
         c.update({k: settings[k] for k in ("fe_w_recon", "fec_w_recon")})
-        if kind == "fe":
-            return FETask(net, lr, c["fe_w_recon"], c["fe_w_adv"], 0.0, c["adv_bound"], c["adam_eps"],
+        if kind == "fe":  # make_networks builds FE networks for "fe" and "fec", an RE network for "re"
+            return FETask(cast(FE, net), lr, c["fe_w_recon"], c["fe_w_adv"], 0.0, c["adv_bound"], c["adam_eps"],
                           w_center=c.get("fe_w_center", 0.0))  # .get: configs of older model files lack it
         if kind == "fec":
-            return FETask(net, lr, c["fec_w_recon"], c["fec_w_adv"], c["fec_w_class"], c["adv_bound"],
+            return FETask(cast(FE, net), lr, c["fec_w_recon"], c["fec_w_adv"], c["fec_w_class"], c["adv_bound"],
                           c["adam_eps"])
-        return RETask(net, lr, c["re_w_recon"], c["re_w_batch"], c["kl_weight"], c["adam_eps"])
+        return RETask(cast(RE, net), lr, c["re_w_recon"], c["re_w_batch"], c["kl_weight"], c["adam_eps"])
 
     def _check_health(self, kind: str, val_source, train_source=None, warn: bool = True) -> None:
         """Measure the trained network on validation cells; warn (TrainingHealthWarning) when out of bounds."""

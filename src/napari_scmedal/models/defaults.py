@@ -32,6 +32,7 @@ max_epochs=50)``) wins over the rule; the others are derived around it.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 __all__ = ["derive_settings", "validate_config", "MIN_STEPS", "PATIENCE_STEPS", "MAX_STEPS", "BN_REFRESH_ROWS", "AUTO_KEYS",
            "RECON_VARIANCE_WEIGHT"]
@@ -65,10 +66,11 @@ def derive_settings(n_train: int, config: dict, overrides: dict | None = None,
     ``fec_w_recon``; ``reasons`` says for each whether it was derived (and from what) or given.
     """
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    given = {k: config.get(k) for k in AUTO_KEYS if config.get(k) is not None}
+    given: dict[str, Any] = {k: config.get(k) for k in AUTO_KEYS if config.get(k) is not None}
     given.update(overrides)
     n = max(int(n_train), 1)
-    out, why = {}, {}
+    out: dict[str, Any] = {}
+    why: dict[str, str] = {}
 
     if "batch_size" in given:
         out["batch_size"], why["batch_size"] = int(given["batch_size"]), "given"

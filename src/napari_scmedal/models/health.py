@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,7 +45,7 @@ BOUNDS = {
     "adv_learned": 0.95,        # the adversary's training CE must fall below this x the batch entropy
 }
 #: What ``model.health[kind]`` reads for a model file saved before the health checks existed.
-NOT_CHECKED = {"ok": None, "problems": [], "status": "not checked"}
+NOT_CHECKED: dict[str, Any] = {"ok": None, "problems": [], "status": "not checked"}
 
 
 def _gather(source, max_cells: int, seed: int = 0):
@@ -59,7 +60,8 @@ def _gather(source, max_cells: int, seed: int = 0):
         ls.append(None if b.label is None else b.label.cpu())
     if not xs:
         return None
-    label = None if any(v is None for v in ls) else torch.cat(ls).numpy()
+    known = [v for v in ls if v is not None]
+    label = None if len(known) < len(ls) else torch.cat(known).numpy()
     return torch.cat(xs), torch.cat(bs).numpy(), label
 
 
@@ -126,8 +128,8 @@ def check_network(model, kind: str, val_source, max_cells: int = MAX_CELLS, trai
         for i in range(0, X.shape[0], 4096):
             x = X[i:i + 4096].to(dev)
             if kind == "re":
-                z = torch.nn.functional.one_hot(torch.as_tensor(batch[i:i + 4096]), B).float().to(dev)
-                out = net(x, z)
+                onehot = torch.nn.functional.one_hot(torch.as_tensor(batch[i:i + 4096]), B).float().to(dev)
+                out = net(x, onehot)
                 heads.append(out["batch_logits"].argmax(1).cpu().numpy())
             else:
                 out = net(x)

@@ -12,6 +12,8 @@ batch one-hot (``(n, B)`` float32). Heads return logits; softmax + clipping live
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -130,7 +132,7 @@ class REEncoder(nn.Module):
         return F.selu(self.to_latent(h))
 
     def kl(self) -> torch.Tensor:
-        return torch.stack([b.kl for b in self.re]).mean()
+        return torch.stack([cast(REBlock, b).kl for b in self.re]).mean()  # self.re holds REBlocks only
 
 
 class REDecoder(nn.Module):

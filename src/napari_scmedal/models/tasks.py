@@ -13,6 +13,7 @@ Every task exposes ``net``, ``name``, ``train_names``, ``train_step(b)``, ``eval
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -59,6 +60,13 @@ class _Step:
     """
 
     precision = "fp32"
+    #: The trained network: an FE for FETask, an AE for AETask (a FETask subclass), an RE for RETask.
+    net: Any
+
+    if TYPE_CHECKING:  # implemented by every task
+        def eval_sums(self, chunks) -> dict[str, float]: ...
+
+        def eval_finalize(self, sums: dict) -> dict[str, float]: ...
 
     def _autocast(self):
         if self.precision != "bf16":

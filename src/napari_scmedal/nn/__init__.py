@@ -60,6 +60,8 @@ class TiedLinear(nn.Module):
     ``source.weight`` (shape ``(b, a)``). Only the bias belongs to this module.
     """
 
+    _source: nn.Linear  # set with object.__setattr__ in __init__
+
     def __init__(self, source: nn.Linear):
         super().__init__()
         # keep the source out of this module's parameter registry (it is owned by the encoder)
@@ -159,8 +161,16 @@ def count_parameters(module: nn.Module) -> int:
     n = sum(p.numel() for p in module.parameters())
     for m in module.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
-            n += m.running_mean.numel() + m.running_var.numel()
+            mean, var, _ = _running_stats(m)
+            n += mean.numel() + var.numel()
     return n
+
+
+def _running_stats(m: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(running_mean, running_var, num_batches_tracked)`` of a BatchNorm that tracks running statistics."""
+    mean, var, nbt = m.running_mean, m.running_var, m.num_batches_tracked
+    assert mean is not None and var is not None and nbt is not None  # they exist when track_running_stats
+    return mean, var, nbt
 
 
 def set_bn_momentum(module: nn.Module, momentum: float) -> None:
@@ -192,8 +202,7 @@ def refresh_bn_stats(module: nn.Module, forward, batches) -> int:
     if not bns:
         return 0
     was_training = module.training
-    saved = [(m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
-             for m in bns]
+    saved = [(m.momentum, [t.clone() for t in _running_stats(m)]) for m in bns]
     module.eval()
     for m in bns:
         m.reset_running_stats()
@@ -205,12 +214,11 @@ def refresh_bn_stats(module: nn.Module, forward, batches) -> int:
             forward(b)
             seen += int(b.n)
     finally:
-        for m, (mom, mean, var, nbt) in zip(bns, saved):
+        for m, (mom, old) in zip(bns, saved):
             m.momentum = mom
             m.eval()
             if seen == 0:  # nothing ran: keep the old statistics
-                m.running_mean.copy_(mean)
-                m.running_var.copy_(var)
-                m.num_batches_tracked.copy_(nbt)
+                for current, kept in zip(_running_stats(m), old):
+                    current.copy_(kept)
         module.train(was_training)
     return seen
