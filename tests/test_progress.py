@@ -150,3 +150,28 @@ def test_console_says_unless_quiet_and_always_warns(capsys):
     Console(quiet=True).say("hidden")
     Console(quiet=True, prefix="x").warn("careful")
     assert capsys.readouterr().err.splitlines() == ["[scmedal] hello", "[x] WARNING: careful"]
+
+
+def test_out_of_core_model_reports_both_streaming_passes(tmp_path):
+    """ScMEDAL(path, backed=True, progress=...) hands stream_prepare's block progress to the one adapter:
+    both passes, each counted to its total, on one bar restarted between them."""
+    from napari_scmedal.data.synthetic import make_synthetic
+    from napari_scmedal.model import ScMEDAL
+
+    p = tmp_path / "syn.h5ad"
+    make_synthetic(n_cells=600, n_genes=200, n_batches=3, n_labels=2, seed=0).write_h5ad(p)
+    seen = []
+    bars = ProgressBars(FakeBar)
+
+    def progress(info):
+        seen.append(dict(info))
+        bars(info)
+
+    ScMEDAL(str(p), batch_key="batch", n_genes=100, backed=True, chunk_cells=128, preset="quick", progress=progress)
+    passes = {info["pass"] for info in seen}
+    assert passes == {1, 2}
+    for k in (1, 2):
+        done = [info["done"] for info in seen if info["pass"] == k]
+        total = {info["total"] for info in seen if info["pass"] == k}
+        assert done == list(range(1, len(done) + 1)) and total == {len(done)} and len(done) >= 5  # 600 / 128
+    assert len(FakeBar.made) == 1 and bars.bar.desc == "read pass 2/2" and bars.bar.n == bars.bar.total

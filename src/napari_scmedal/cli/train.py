@@ -33,8 +33,9 @@ def _check_options(args) -> None:
         raise UsageError(f"--max-time must be a positive number of seconds (got {args.max_time:g}).")
 
 
-def _model(args, con: _Console, kw: dict):
-    """The untrained model on the data (streamed from the file with ``--backed``) and the output path."""
+def _model(args, con: _Console, kw: dict, bars=None):
+    """The untrained model on the data (streamed from the file with ``--backed``, its two passes shown by
+    ``bars``) and the output path."""
     from ..model import ScMEDAL
 
     if args.backed:
@@ -42,7 +43,9 @@ def _model(args, con: _Console, kw: dict):
         out = _check_output_file(args.out, [data_path], "model file")
         con.say(f"training out of core from {data_path.name} (read in blocks of "
                 f"{args.chunk_cells or 'the default number of'} cells; the file is never loaded whole)")
-        model = ScMEDAL(data_path, layer=args.layer, backed=True, chunk_cells=args.chunk_cells, **kw)
+        model = ScMEDAL(data_path, layer=args.layer, backed=True, chunk_cells=args.chunk_cells, progress=bars, **kw)
+        if bars is not None:
+            bars.close()
         assert model._plan is not None  # backed=True: the model trains out of core
         info = model._plan.info
         con.say(f"streamed {info['cells_in_file']} cells x {info['genes_in_file']} genes in "
@@ -67,12 +70,12 @@ def _train(args, con: _Console, comm) -> int:
         kw["device"] = args.device
     if args.threads is not None:
         kw["threads"] = args.threads
-    model, out = _model(args, con, kw)
+    bars = _train_bars(enabled=not args.quiet and main)
+    model, out = _model(args, con, kw, bars)
     where = "" if comm is None else (f" on {comm.world} processes ({'NCCL' if comm.device.type == 'cuda' else 'gloo'}, "
                                      f"global minibatch split across them)")
     con.say(f"training scMEDAL ({args.preset} preset) on {len(model.genes)} genes, "
             f"{len(model.batches)} batches" + (f", labels from {args.label_key!r}" if args.label_key else "") + where)
-    bars = _train_bars(enabled=not args.quiet and main)
     t0 = time.perf_counter()
     try:
         model.train(max_epochs=args.epochs, patience=args.patience, batch_size=args.batch_size,

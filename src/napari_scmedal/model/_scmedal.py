@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -53,6 +53,9 @@ class ScMEDAL(DataAccess, Training, Inference, Counterfactuals, Anchors, ModelFi
         ``None`` = CUDA when available, else CPU; or e.g. ``"cpu"``, ``"cuda:0"``.
     threads
         CPU threads used while training/inferring (``torch.set_num_threads``); ``None`` leaves it.
+    progress
+        Called with ``{"pass": 1 | 2, "done", "total"}`` after each block of the two streaming passes when the
+        data is read out of core (:class:`napari_scmedal.progress.ProgressBars` shows them); unused in memory.
     **hyperparameters
         Override any preset entry (e.g. ``lr=5e-4``, ``fe_w_recon=2000``, ``hidden=[256, 64]``).
     """
@@ -60,7 +63,7 @@ class ScMEDAL(DataAccess, Training, Inference, Counterfactuals, Anchors, ModelFi
     def __init__(self, adata, batch_key: str = "batch", label_key: str | None = None, n_genes: int = 2916,
                  layer: str | None = None, seed: int = 0, preset: str = "auto", device=None,
                  threads: int | None = None, backed: bool | None = None, chunk_cells: int | None = None,
-                 **hyperparameters) -> None:
+                 progress: Callable[[dict], None] | None = None, **hyperparameters) -> None:
         from ..data import prepare_training
         from ..data.ondisk import DEFAULT_CHUNK_CELLS, is_on_disk, stream_prepare
 
@@ -80,7 +83,8 @@ class ScMEDAL(DataAccess, Training, Inference, Counterfactuals, Anchors, ModelFi
             self._plan = stream_prepare(adata, batch_key, label_key=label_key, n_genes=n_genes, layer=layer,
                                         input_kind=config["input_kind"], split_seed=config["split_seed"],
                                         split_fractions=tuple(config["split_fractions"]),
-                                        chunk_cells=int(chunk_cells or DEFAULT_CHUNK_CELLS), comm=comm)
+                                        chunk_cells=int(chunk_cells or DEFAULT_CHUNK_CELLS), comm=comm,
+                                        progress=progress)
             recipe, splits, names = self._plan.recipe, self._plan.splits, self._plan.obs_names
         else:
             td = prepare_training(adata, batch_key, label_key=label_key, n_genes=n_genes, layer=layer,
