@@ -47,7 +47,7 @@ class TileMarks:
                                 "genesets.resolve_genes(genes, model, var=adata.var).")
             self.set_genes = m.found
             self.segments = outline_segments(gene_set_mask(layout, self.set_genes))
-            if set_scores is None and getattr(comparison, "scale", None) == "zscore":
+            if set_scores is None and comparison.scale == "zscore":
                 set_scores = _set_scores(comparison, self.set_genes)
         self._decimals: int | None = None
         if set_scores is not None:

@@ -186,7 +186,7 @@ def _layout_for(model, layout, source):
     if layout is not None:
         layout_columns(layout, model.genes)
         return layout
-    if getattr(model, "layout", None) is not None:
+    if model.layout is not None:
         return model.layout
     try:
         return ensure_layout(model)  # on the training data, attached to the model

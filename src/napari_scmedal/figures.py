@@ -139,7 +139,7 @@ def comparison_figure(
     n_labels = 10 if gene_labels is True else int(gene_labels or 0)
     n_r, n_c = len(row_ids), len(names)
     kinds = [comparison.kinds[c] for c in names]
-    top = getattr(comparison, "top_genes", None)
+    top = comparison.top_genes
     marks = TileMarks(comparison, highlight, gene_set, gene_set_name, set_scores)
     sel = {}
     if n_labels and top is not None and len(top):
@@ -150,7 +150,7 @@ def comparison_figure(
             if len(s):
                 sel[r] = s.head(n_labels)
     sel = marks.label_rows(sel, row_ids)  # highlighted genes first (named first), then the top genes
-    units = getattr(comparison, "units", "expression")
+    units = comparison.units
     bar_labels = {"expression": units, "difference": f"difference ({units})"}
     bar_kinds = [k for k in ("expression", "difference") if k in kinds]
 

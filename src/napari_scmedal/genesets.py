@@ -347,7 +347,7 @@ def set_scores(comparison, genes, model=None, adata=None, reference: pd.DataFram
     """
     names = _layout_names(comparison.layout, genes)
     pix = gene_pixels(comparison.layout, names)
-    z_given = getattr(comparison, "scale", "log1p") == "zscore"
+    z_given = comparison.scale == "zscore"
     ref = None if z_given else _reference(names, model, adata, reference)
     df = pd.DataFrame({"row": np.arange(comparison.n_rows), "title": list(comparison.row_titles),
                        "n_genes": len(names)})

@@ -226,7 +226,7 @@ def _split_settings(settings: dict) -> tuple[dict, dict]:
 
 
 def _health_ok(model):
-    flags = [h.get("ok") for h in (getattr(model, "health", None) or {}).values() if isinstance(h, dict)]
+    flags = [h.get("ok") for h in (model.health or {}).values() if isinstance(h, dict)]
     if any(f is False for f in flags):
         return False
     return True if flags and all(f is True for f in flags) else None

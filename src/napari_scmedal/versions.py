@@ -191,7 +191,7 @@ def check_version(model, version, method: str = CF_DEFAULT) -> str:
     if not isinstance(version, str):
         raise ScMEDALError(f"version must be a string such as 'original', 'fe', 're' or 'cf:<batch>', "
                            f"got {version!r}.")
-    trained = list(getattr(model, "trained_kinds", []) or [])
+    trained = list(model.trained_kinds)
     batches = [str(b) for b in model.batches]
     if version in BASE_VERSIONS:
         if version != "original" and version not in trained:

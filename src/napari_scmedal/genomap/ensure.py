@@ -84,7 +84,7 @@ def ensure_layout(model: VersionsModel, adata=None, layout=None, shape=None, see
         layout_columns(layout, model.genes)
         _attach_layout(model, layout)
         return layout
-    existing = getattr(model, "layout", None)
+    existing = model.layout
     if existing is not None and not force:
         return existing
     from ._compute import compute_layout

@@ -64,7 +64,7 @@ def _resolve_layout(model, adata, layout):
     if layout is not None:
         layout_columns(layout, model.genes)  # validated, not attached
         return layout
-    if getattr(model, "layout", None) is not None:
+    if model.layout is not None:
         return model.layout
     try:
         return ensure_layout(model, seed=0)  # on the model's own (training) cells
