@@ -4,8 +4,10 @@ Equality with statsmodels' MixedLM (REML, Wald z p-values) on small stacks, bala
 unbalanced, the closed form against the profile optimisation, validation, calibration and power on
 synthetic data, the Comparison-based variant and the CLI option.
 """
+import importlib.util
 import threading
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,6 +17,9 @@ from napari_scmedal.analysis import PixelTestResult, counterfactual_group_test, 
 from napari_scmedal.errors import DataError
 from napari_scmedal.lmm import (MixedModelCancelled, _batch_stats, _design, _fit_balanced, _fit_profile, _loglik,
                                 counterfactual_mixed_model_test, counterfactual_pixel_test)
+
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _data(counts, n_pix=24, seed=0, sd_batch=0.6, effect=0.8, shape=None):
@@ -32,30 +37,17 @@ def _data(counts, n_pix=24, seed=0, sd_batch=0.6, effect=0.8, shape=None):
     return y, group, np.array([f"b{j:02d}" for j in batch])
 
 
-def _dense_reml(y, group, batch, g):
-    """Profile REML log-likelihood at variance ratio g from the full n x n covariance (independent referee)."""
-    x = np.c_[np.ones(len(y)), group == group[0]]
-    z = (batch[:, None] == np.unique(batch)[None, :]).astype(float)
-    vi = np.linalg.inv(np.eye(len(y)) + g * z @ z.T)
-    xvx = x.T @ vi @ x
-    r = y - x @ np.linalg.solve(xvx, x.T @ vi @ y)
-    return -0.5 * (-np.linalg.slogdet(vi)[1] + np.linalg.slogdet(xvx)[1] + (len(y) - 2) * np.log(r @ vi @ r))
+def _reference():
+    """The referees shared with benchmarks/bench_lmm.py (statsmodels pixel by pixel, dense REML)."""
+    spec = importlib.util.spec_from_file_location("lmm_reference", ROOT / "benchmarks" / "lmm_reference.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
-def _statsmodels(y, group, batch, **fit_kw):
-    import statsmodels.formula.api as smf
-
-    rows = []
-    flat = y.reshape(len(y), -1)
-    for k in range(flat.shape[1]):
-        df = pd.DataFrame({"value": flat[:, k], "group": group, "batch": batch})
-        model = smf.mixedlm("value ~ group", df, groups=df["batch"])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            r = model.fit(**fit_kw)
-        rows.append({"converged": bool(r.converged), "re": float(r.cov_re.iloc[0, 0]), "coef": r.fe_params.iloc[1],
-                     "p": r.pvalues.iloc[1], "g": float(np.asarray(r.cov_re_unscaled)[0, 0])})
-    return pd.DataFrame(rows)
+_REF = _reference()
+_dense_reml = _REF.dense_reml
+_statsmodels = _REF.statsmodels_pixels
 
 
 @pytest.mark.parametrize("counts", [[10] * 8, [3, 9, 5, 12, 4, 7, 10, 6]], ids=["balanced", "unbalanced"])
