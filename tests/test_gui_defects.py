@@ -223,7 +223,7 @@ def test_progress_counts_to_the_expected_stop_and_shows_one_eta(make_napari_view
     w = _model_widget(viewer, epochs=500)
     from napari_scmedal.models.trainer import expected_last_epoch
 
-    def info_at(epoch, wait):  # what models.training.fit reports (patience 15, min 19, max 500)
+    def info_at(epoch, wait):  # what models.trainer.fit reports (patience 15, min 19, max 500)
         return {"model": "fe", "epoch": epoch, "max_epochs": 500, "patience_left": 15 - wait, "min_epochs": 19,
                 "eta_s": 42.0, "last_epoch": expected_last_epoch(epoch, 500, 19, 15, wait),
                 "train": {"total": 1.0}, "val": {"total": 1.2}}

@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from .selection import limit_cells
+
 __all__ = ["SHRINK_CELLS", "MIN_CELLS", "RECENTRE_CELLS", "PSEUDO", "KNN", "ALPHAS", "group_stats", "changes",
            "level_change", "recentre", "apply_change",
            "choose_alpha", "assign_groups", "cluster_anchors"]
@@ -321,8 +323,7 @@ def assign_groups(fe_latent: np.ndarray, anchor_fe: np.ndarray, anchor_group: np
             q = torch.as_tensor(np.asarray(fe_latent)[rows], dtype=torch.float32)
             out[rows] = ids[torch.cdist(q, centre).argmin(1).numpy()]
         return out
-    if valid.size > MAX_VOTERS:
-        valid = np.sort(np.random.default_rng(0).choice(valid, MAX_VOTERS, replace=False))
+    valid = limit_cells(valid, MAX_VOTERS, seed=0)
     step = int(max(64, min(4096, 2e7 // valid.size)))  # distance matrix <= ~80 MB
     a = torch.as_tensor(np.asarray(anchor_fe)[valid], dtype=torch.float32)
     groups = groups_all[valid]

@@ -36,6 +36,7 @@ import pandas as pd
 
 from ._utils import is_cancelled
 from .errors import DataError
+from .models.health import r_squared
 
 __all__ = ["counterfactual_holdout", "score_counterfactual", "shift_prediction", "synthetic_truth",
            "default_pairs", "COLUMNS", "BASELINES", "BALANCED_MIN_CELLS"]
@@ -51,9 +52,6 @@ _RESERVED = {"self", "adata", "batch_key", "label_key", "seed", "progress", "can
 
 
 # ---------------------------------------------------------------------------------------- scores
-def _r2(pred, truth) -> float:
-    ss = float(((truth - truth.mean()) ** 2).sum())
-    return float(1.0 - ((truth - pred) ** 2).sum() / ss) if ss > 0 else float("nan")
 
 
 def _corr(a, b) -> float:
@@ -72,7 +70,7 @@ def score_counterfactual(pred_cells, truth_mean, source_mean, truth_cells=None, 
     pred = pred_cells.mean(axis=0)
     true_shift = truth_mean - source_mean
     topg = np.argsort(-np.abs(true_shift), kind="stable")[:min(int(top), len(truth_mean))]
-    out = {"r2_all": _r2(pred, truth_mean), "r2_top100": _r2(pred[topg], truth_mean[topg]),
+    out = {"r2_all": r_squared(pred, truth_mean), "r2_top100": r_squared(pred[topg], truth_mean[topg]),
            "shift_corr": _corr(pred - source_mean, true_shift), "cell_rmse": float("nan")}
     if truth_cells is not None:
         d = pred_cells - np.asarray(truth_cells, dtype=np.float64)

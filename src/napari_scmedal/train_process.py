@@ -200,9 +200,7 @@ def train_in_subprocess(adata, model_kwargs: dict | None = None, train_kwargs: d
 # --------------------------------------------------------------------------------------------- child side
 def _open(payload):
     kind = payload[0]
-    if kind == "memory":
-        return payload[1]
-    if kind == "path":
+    if kind in ("memory", "path"):  # the AnnData itself, or the file's path (the model opens it)
         return payload[1]
     import anndata as ad
 

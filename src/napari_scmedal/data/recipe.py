@@ -461,4 +461,4 @@ def _validate_recipe_dict(d: dict) -> None:
                                  f"file is damaged or was edited; retrain or re-save it.")
 
 
-__all__ = ["Recipe", "Prepared", "one_hot", "size_factors", "LibrarySizes", "norm_rows", "RECIPE_FORMAT", "RECIPE_VERSION"]
+__all__ = ["Recipe", "Prepared", "one_hot", "norm_rows", "RECIPE_FORMAT", "RECIPE_VERSION"]

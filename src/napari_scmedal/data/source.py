@@ -9,7 +9,6 @@ The streaming preprocessing (:mod:`napari_scmedal.data.stream`) and the lazy mod
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import anndata as ad
 import h5py
@@ -43,8 +42,7 @@ class H5adSource:
     """
 
     def __init__(self, path, layer: str | None = None, obs: pd.DataFrame | None = None):
-        self.path = Path(os.fspath(path)).expanduser()
-        check_h5ad_file(self.path)
+        self.path = check_h5ad_file(path)
         self.layer = layer
         try:
             self._f = h5py.File(self.path, "r")

@@ -45,9 +45,8 @@ class Counterfactuals(_State):
         space when ``scaled`` else in log1p units; and the "balanced" method's per-cell extrapolation flags
         (``None`` for the other methods). ``outputs``: network outputs over ``prep`` already computed,
         ``{(kind, "recon" | "latent"): array}`` in model space, reused instead of running the network again.
-        Each method's result is converted once, from the units it computes in."""
-        method = self._check_method(method)
-        self._check_kind("re", ("re",))
+        Each method's result is converted once, from the units it computes in. Arguments are checked by the
+        caller (:meth:`_versions`)."""
         if method == "balanced":
             outs, flags = self._balanced(prep, codes, batch_size, outputs or {})
             return ([self.recipe.scale(x) for x in outs] if scaled else outs), flags

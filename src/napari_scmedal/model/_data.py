@@ -35,7 +35,7 @@ class DataAccess(_State):
                 if self.recipe.layer is not None:
                     raise DataError("this model was trained out of core from a layer; pass adata= (e.g. "
                                     "napari_scmedal.data.read_h5ad(path, layer=...)) to use it here.")
-                base = getattr(self, "_ondisk_input", None)
+                base = self._ondisk_input
                 if base is None:
                     import anndata as ad
 

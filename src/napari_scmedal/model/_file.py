@@ -76,12 +76,9 @@ class ModelFile(_State):
         ScMEDALError
             When no network is trained.
         """
-        prep = self.recipe.transform(adata)
-        if prep.X.shape[0] != adata.n_obs:
-            raise DataError(f"alignment returned {prep.X.shape[0]} rows for {adata.n_obs} cells; cannot write "
-                            f"latents without dropping cells.")
         if not self._trained:
             raise ScMEDALError("the model is not trained yet; call model.train() before write_to_adata().")
+        prep = self.recipe.transform(adata)  # one row per cell: the recipe never drops cells
         results = {k: self._run(k, prep, "latent") for k in self._trained}
         for k, z in results.items():
             adata.obsm[f"X_scmedal_{k}"] = z

@@ -76,13 +76,12 @@ class Inference(_State):
         return res[what] if isinstance(what, str) else res
 
     def _check_version_key(self, version: str, method) -> None:
-        """Raise unless ``version`` is ``"original"``, a trained network's or ``"cf:<known batch>"``."""
-        if version == "original":
-            return
+        """Raise unless ``version`` can be computed: ``"original"``, a trained network's reconstruction, or a
+        counterfactual into a known batch whose method's networks are trained (:func:`versions.check_version`)."""
         if version in LATENT_KINDS:
-            self._check_kind(version, LATENT_KINDS)
-        elif not (version.startswith("cf:") and version[3:] in self.batches):
-            check_version(self, version, method)  # raises the message for an unknown version or batch
+            self._check_kind(version, LATENT_KINDS)  # the model's own wording (no FEC network, not trained)
+        elif version != "original":
+            check_version(self, version, method)
 
     def _versions(self, prep, versions, method: str = CF_DEFAULT, *, scaled: bool = False, batch_size: int = 4096,
                   warn_extrapolated: bool = False) -> dict[str, np.ndarray]:
@@ -112,13 +111,12 @@ class Inference(_State):
             and the latent that assigns the cells' groups.
         """
         versions = list(dict.fromkeys(str(v) for v in versions))
+        cfs = [v for v in versions if v.startswith("cf:")]
+        if cfs:
+            method = self._check_method(method)  # may fall back for old files: check the networks it needs
         for v in versions:
             self._check_version_key(v, method)
         kinds = [v for v in versions if v in LATENT_KINDS]
-        cfs = [v for v in versions if v.startswith("cf:")]
-        if cfs:
-            method = self._check_method(method)
-            self._check_kind("re", ("re",))
         balanced = bool(cfs) and method == "balanced"
         outputs = {}
         for k in kinds:
@@ -226,7 +224,6 @@ class Inference(_State):
         numpy.ndarray
             ``(n_cells, n_genes)`` float32.
         """
-        self._check_kind("re", ("re",))
         key = cf_key(self.batches[batch_position(self.batches, target_batch, batch_index)])
         return self._versions(self._prepare_rows(adata, rows), [key], method, scaled=scaled,
                               batch_size=int(batch_size), warn_extrapolated=True)[key]
@@ -252,9 +249,7 @@ class Inference(_State):
             ``{"original": X_log, "fe": FE recon, "re": RE recon, "batch": codes, "cf:<b>": counterfactual
             to batch b for each b in batches}``; expression in log1p units, ``(n_cells, n_genes)`` each.
         """
-        check_method(method)
-        self._check_kind("fe", ("fe",))
-        self._check_kind("re", ("re",))
+        check_method(method)  # also when no counterfactual is asked
         requested = [] if batches is None else [batches] if isinstance(batches, str) else list(batches)
         names = check_target_batches(self.batches, requested, "target batch(es)") if requested else []
         prep = self._prepare_rows(adata, rows)
@@ -283,7 +278,6 @@ class Inference(_State):
             ``(n_cells, n_genes)`` float32 in log1p units.
         """
         version = str(version)
-        self._check_version_key(version, method)
         return self._versions(self._prepare_rows(adata, rows), [version], method)[version]
 
 

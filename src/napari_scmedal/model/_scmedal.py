@@ -80,18 +80,18 @@ class ScMEDAL(DataAccess, Training, Inference, Counterfactuals, Anchors, ModelFi
             on_disk = False
         if on_disk:
             comm = self._comm()
-            self._plan = stream_prepare(adata, batch_key, label_key=label_key, n_genes=n_genes, layer=layer,
+            plan = stream_prepare(adata, batch_key, label_key=label_key, n_genes=n_genes, layer=layer,
                                         input_kind=config["input_kind"], split_seed=config["split_seed"],
                                         split_fractions=tuple(config["split_fractions"]),
                                         chunk_cells=int(chunk_cells or DEFAULT_CHUNK_CELLS), comm=comm,
                                         progress=progress)
-            recipe, splits, names = self._plan.recipe, self._plan.splits, self._plan.obs_names
+            recipe, splits, names = plan.recipe, plan.splits, plan.obs_names
         else:
+            plan = None
             td = prepare_training(adata, batch_key, label_key=label_key, n_genes=n_genes, layer=layer,
                                   input_kind=config["input_kind"], split_seed=config["split_seed"],
                                   split_fractions=tuple(config["split_fractions"]))
             recipe, splits, names = td.recipe, td.splits, td.prepared.obs_names
-        plan = self._plan if on_disk else None
         self._init_common(recipe, config, preset, seed, device, threads)
         self._plan = plan
         # a backed AnnData given by the user (its obs may hold columns the file lacks) serves _training_adata

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from ..errors import DataError, ScMEDALError, TrainingError
-from ..models import FE, RE, FETask, RETask, Tensors, fit, is_cancelled
+from .._utils import is_cancelled
+from ..models import FE, RE, FETask, RETask, Tensors, fit
 from ..models.defaults import derive_settings
 from ._state import _State
 

@@ -9,8 +9,8 @@ Layers, lowest first: :mod:`.networks` (the modules), :mod:`.batch` (the :class:
 from .batch import Tensors
 from .networks import AE, DEFAULT_HIDDEN, DEFAULT_LATENT, FE, RE, Encoder, REDecoder, REEncoder, TiedDecoder
 from .tasks import AETask, FETask, RETask, batch_center_penalty
-from .trainer import PRECISIONS, expected_last_epoch, fit, is_cancelled, resolve_device
+from .trainer import PRECISIONS, expected_last_epoch, fit, resolve_device
 
 __all__ = ["AE", "DEFAULT_HIDDEN", "DEFAULT_LATENT", "FE", "PRECISIONS", "RE", "AETask", "Encoder", "FETask",
            "REDecoder", "REEncoder", "RETask", "Tensors", "TiedDecoder", "batch_center_penalty",
-           "expected_last_epoch", "fit", "is_cancelled", "resolve_device"]
+           "expected_last_epoch", "fit", "resolve_device"]

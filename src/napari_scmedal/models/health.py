@@ -65,7 +65,8 @@ def _gather(source, max_cells: int, seed: int = 0):
     return torch.cat(xs), torch.cat(bs).numpy(), label
 
 
-def _r2(pred: np.ndarray, truth: np.ndarray) -> float:
+def r_squared(pred: np.ndarray, truth: np.ndarray) -> float:
+    """1 - residual / total sum of squares of ``truth`` (NaN for constant ``truth``)."""
     ss = float(((truth - truth.mean()) ** 2).sum())
     return float(1.0 - ((truth - pred) ** 2).sum() / ss) if ss > 0 else float("nan")
 
@@ -137,7 +138,7 @@ def check_network(model, kind: str, val_source, max_cells: int = MAX_CELLS, trai
             lats.append(out["latent"].float().cpu().numpy())
         x_np, rec = X.numpy(), np.concatenate(recs)
         res["n_cells"] = int(x_np.shape[0])
-        res["gene_mean_r2"] = _r2(rec.mean(0), x_np.mean(0))
+        res["gene_mean_r2"] = r_squared(rec.mean(0), x_np.mean(0))
         res["cell_r_median"] = float(np.nanmedian(_cell_r(x_np, rec)))
         res["chance"], entropy = _share_entropy(batch, B)
         if kind == "re":

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from ..selection import subsample
 from .batch import Tensors
 
 __all__ = ["InMemorySource", "StreamingSource", "fits_on_device", "expected_bytes", "sample_rows"]
@@ -186,14 +187,13 @@ def sample_rows(source, n: int, seed: int = 0, chunk: int = 8192):
     total = int(source.n)
     if total == 0 or n <= 0:
         return
-    rng = np.random.default_rng(seed)
     if isinstance(source, StreamingSource):
         pos = np.concatenate(source.blocks)
-        pick = np.sort(rng.choice(pos.size, min(n, pos.size), replace=False))
+        pick = subsample(pos.size, n, seed)
         for i in range(0, pick.size, chunk):
             yield source._load_positions(pos[pick[i:i + chunk]])
         return
-    pick = np.sort(rng.choice(total, min(n, total), replace=False))
+    pick = subsample(total, n, seed)
     t = source.tensors
     for i in range(0, pick.size, chunk):
         idx = torch.as_tensor(pick[i:i + chunk], device=t.X.device)

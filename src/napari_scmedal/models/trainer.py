@@ -22,7 +22,7 @@ from ..errors import TrainingError
 from ..nn import refresh_bn_stats
 from .loaders import InMemorySource, sample_rows
 
-__all__ = ["PRECISIONS", "expected_last_epoch", "fit", "is_cancelled", "resolve_device"]
+__all__ = ["PRECISIONS", "expected_last_epoch", "fit", "resolve_device"]
 
 #: Training precisions: float32, or bfloat16 autocast of the forward passes (meant for CUDA).
 PRECISIONS = ("fp32", "bf16")
