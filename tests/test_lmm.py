@@ -265,3 +265,14 @@ def test_cli_genomap_mixedlm(tmp_path):
     assert summary["batches_b"] == ["CELseq2_5cl_p2", "CELseq2_5cl_p3"]
     with pytest.raises(SystemExit):
         build_parser().parse_args(["genomap", "m", "d", "--out", "o", "--test-method", "ttest"])
+
+
+@pytest.mark.parametrize("method", ["mannwhitney", "mixedlm"])
+def test_both_pixel_tests_refuse_an_averaged_comparison(method):
+    """One row per cell is checked in the core (pixeltests.counterfactual_images), not only in the explorer:
+    an averaged comparison (one mean row) is refused by either test, from Python and hence the CLI."""
+    import dataclasses
+
+    comp = dataclasses.replace(_comparison(n_cells=1), averaged=True)
+    with pytest.raises(DataError, match="one row per cell"):
+        counterfactual_pixel_test(comp, ["b1", "b2"], ["b3", "b4"], method=method)

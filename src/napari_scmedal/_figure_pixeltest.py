@@ -24,6 +24,7 @@ from ._figure_text import (
     _tag_figure,
     _wrap,
 )
+from .genomap.limits import symmetric_limits
 
 __all__ = ["pixel_test_figure"]
 
@@ -48,11 +49,11 @@ def pixel_test_figure(result, background: np.ndarray | None = None, title: str |
         W = 2 * PAD + gap + 2 * pw
     pw = max(pw, 2 * MM)
     n_sig = int(np.asarray(result.significant, dtype=bool).sum())
-    test_name = getattr(result, "description", "Mann-Whitney U per pixel")
+    test_name = result.description
     title = title or f"{test_name}: {n_sig} significant pixel(s) (n={result.n_a} vs {result.n_b})"
     sup = _wrap(meter, title, TITLE_PT, W - 2 * PAD)[0]
     sup_h = meter.size(sup, TITLE_PT)[1] + 1.5 * MM
-    coef = getattr(result, "test", "") == "mixedlm"  # the model's coefficient, not a raw mean difference
+    coef = result.test == "mixedlm"  # the model's coefficient, not a raw mean difference
     titles = [f"{result.group_b} \u2212 {result.group_a} (model coefficient)" if coef
               else f"mean {result.group_b} \u2212 mean {result.group_a}",
               ("genomap" if background is not None else "\u2212log10 q")
@@ -77,9 +78,8 @@ def pixel_test_figure(result, background: np.ndarray | None = None, title: str |
     py0 = H - PAD - y_off - sup_h - t_h - ph
     axs = [fig.add_axes(((PAD + x_off + k * (pw + gap)) / W, py0 / H, pw / W, ph / H)) for k in range(2)]
     d = np.ma.masked_invalid(result.diff)
-    lim = float(np.nanmax(np.abs(result.diff))) if np.isfinite(result.diff).any() else 1.0
-    lim = lim if lim > 0 else 1.0
-    im0 = axs[0].imshow(d, cmap=_cmap(DIFFERENCE_CMAP), norm=TwoSlopeNorm(0.0, -lim, lim),
+    lo, hi = symmetric_limits([result.diff])  # the genomaps' rule for differences
+    im0 = axs[0].imshow(d, cmap=_cmap(DIFFERENCE_CMAP), norm=TwoSlopeNorm(0.0, lo, hi),
                         interpolation="nearest", aspect="auto")
     sig = np.asarray(result.significant, dtype=bool)
     if background is not None:

@@ -31,12 +31,7 @@ import pandas as pd
 from ._utils import atomic_output
 from .analysis import rank_pixels, spread_image, top_varying_genes
 from .errors import DataError
-from .genomap.ensure import (
-    ensure_layout,
-    layout_columns,
-    training_adata,
-    zscore_reference,
-)
+from .genomap.ensure import ensure_layout, layout_columns, resolve_layout, zscore_reference
 from .genomap.limits import robust_limits, symmetric_limits
 from .selection import parse_group, resolve_cells, select_cells
 from .versions import (
@@ -46,6 +41,7 @@ from .versions import (
     RE_RECON,
     cf_minus_original_name,
     cf_minus_own_name,
+    cf_key,
     check_target_batches,
     counterfactual_name,
 )
@@ -180,28 +176,11 @@ def _single_or_none(values: Sequence[str | None]) -> str | None:
     return str(u[0]) if len(u) == 1 else None
 
 
-def _layout_for(model, layout, source):
-    """The layout a comparison uses: the one given (checked, not attached), else the model's, computed
-    once on its training data (or, for a loaded model, on ``source``)."""
-    if layout is not None:
-        layout_columns(layout, model.genes)
-        return layout
-    if model.layout is not None:
-        return model.layout
-    try:
-        return ensure_layout(model)  # on the training data, attached to the model
-    except DataError:
-        return ensure_layout(model, adata=source)
-
-
 def _gene_space(model, layout, scale, source):
     """``f(x)``: model-gene expression ``(n, n_genes)`` -> the comparison's units in layout gene order."""
     cols = layout_columns(layout, model.genes)
     if scale == "zscore":
-        try:
-            mean, std = zscore_reference(model)  # on the training data when the model has it
-        except DataError:
-            mean, std = zscore_reference(model, adata=source)  # a loaded model: the data given
+        mean, std = zscore_reference(model, fallback=source)  # the training cells; a loaded model: the data given
         return lambda x: ((np.asarray(x, dtype=np.float32) - mean) / std).astype(np.float32)[:, cols]
     return lambda x: np.asarray(x, dtype=np.float32)[:, cols]
 
@@ -212,15 +191,16 @@ def _chunk_versions(model, chunk, batches, extra, g):
     v = model.predict_versions(chunk, batches + extra)
     codes = np.asarray(v["batch"], dtype=np.int64)
     own = [all_batches[c] if 0 <= c < len(all_batches) else None for c in codes]
-    missing = sorted({n for n in own if n is not None and f"cf:{n}" not in v})
+    missing = sorted({n for n in own if n is not None and cf_key(n) not in v})
     if missing:  # the batch column disagreed with the recipe's codes: compute what is missing
-        v.update({k: x for k, x in model.predict_versions(chunk, missing).items() if k.startswith("cf:")})
+        more = model.predict_versions(chunk, missing)
+        v.update({cf_key(n): more[cf_key(n)] for n in missing})
     orig, fe, re_ = g(v["original"]), g(v["fe"]), g(v["re"])
-    cfs = {b: g(v[f"cf:{b}"]) for b in batches}
+    cfs = {b: g(v[cf_key(b)]) for b in batches}
     cf_own = np.full_like(orig, np.nan)
     for n in {o for o in own if o is not None}:
         rows_n = np.flatnonzero(np.array([o == n for o in own]))
-        cf_own[rows_n] = cfs[n][rows_n] if n in cfs else g(v[f"cf:{n}"][rows_n])
+        cf_own[rows_n] = cfs[n][rows_n] if n in cfs else g(v[cf_key(n)][rows_n])
     gs = {ORIGINAL: orig, FE_RECON: fe, RE_RECON: re_}
     gs.update({counterfactual_name(b): cfs[b] for b in batches})
     ds = {FE_MINUS_ORIGINAL: fe - orig}
@@ -259,11 +239,11 @@ def compare_cells(
     """
     if scale not in SCALES:
         raise DataError(f"Unknown scale {scale!r}; use one of {list(SCALES)}.")
-    source = adata if adata is not None else training_adata(model)
+    source = model._training_adata(adata)
     idx = resolve_cells(cells, list(map(str, source.obs_names)))
     all_batches = [str(b) for b in model.batches]
     batches = check_target_batches(all_batches, target_batches)
-    layout = _layout_for(model, layout, source)
+    layout = resolve_layout(model, layout, source)
     sub = source[idx]
     recipe = model.recipe
     # every batch needed: the targets, plus the cells' own batches (for "- own batch")

@@ -127,10 +127,8 @@ def _genes_of(model_or_genes) -> list[str]:
 def _var_of(model_or_genes, var):
     if var is not None or not hasattr(model_or_genes, "recipe"):
         return var
-    from .genomap.ensure import training_adata
-
     try:  # the model's own training data, when it carries it
-        return getattr(training_adata(model_or_genes), "var", None)
+        return getattr(model_or_genes._training_adata(None), "var", None)
     except (ScMEDALError, OSError):  # a loaded model without its data: no aliases
         return None
 
@@ -304,12 +302,7 @@ def _reference(names: list[str], model, adata, reference) -> tuple[np.ndarray, n
                             "compare the cells with scale='zscore'.")
         from .genomap.ensure import zscore_reference
 
-        try:  # the same reference compare_cells(scale="zscore") uses
-            mean, std = zscore_reference(model)
-        except DataError:
-            if adata is None:
-                raise
-            mean, std = zscore_reference(model, adata=adata)
+        mean, std = zscore_reference(model, fallback=adata)  # the reference compare_cells(scale="zscore") uses
         reference = pd.DataFrame({"mean": mean, "std": std}, index=[str(g) for g in model.genes])
     ref = reference.reindex(names)
     if ref[["mean", "std"]].isna().to_numpy().any():

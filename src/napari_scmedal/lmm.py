@@ -43,12 +43,13 @@ from scipy import stats
 
 from .errors import DataError, ScMEDALError
 from .pixeltests import (
+    PIXEL_TESTS,
     PixelTestResult,
     benjamini_hochberg,
     counterfactual_group_test,
+    counterfactual_images,
     grid_for,
 )
-from .versions import counterfactual_name
 
 __all__ = [
     "PIXEL_TESTS",
@@ -365,11 +366,7 @@ def counterfactual_mixed_model_test(comparison, batch_groups: Mapping[str, str],
     groups_of = {str(b): str(g) for b, g in dict(batch_groups).items()}
     if not groups_of:
         raise DataError("Give each target batch its group, e.g. {'b1': 'ctrl', 'b2': 'case', ...}.")
-    missing = [b for b in groups_of if counterfactual_name(b) not in comparison.images]
-    if missing:
-        raise DataError(f"The comparison has no counterfactual for batch(es) {missing}. Available: "
-                        f"{list(comparison.batches)}. Recompute the comparison with these target batches.")
-    imgs = [comparison.images[counterfactual_name(b)] for b in groups_of]
+    imgs = counterfactual_images(comparison, list(groups_of))
     n = imgs[0].shape[0]
     batches = np.repeat(list(groups_of), n)
     groups = np.repeat(list(groups_of.values()), n)
@@ -380,7 +377,6 @@ def counterfactual_mixed_model_test(comparison, batch_groups: Mapping[str, str],
     return res
 
 
-PIXEL_TESTS = ("mannwhitney", TEST_NAME)
 
 
 def counterfactual_pixel_test(comparison, batches_a: Sequence[str], batches_b: Sequence[str],

@@ -27,9 +27,11 @@ from .errors import DataError
 from .versions import counterfactual_name
 
 __all__ = [
+    "PIXEL_TESTS",
     "PixelTestResult",
     "benjamini_hochberg",
     "counterfactual_group_test",
+    "counterfactual_images",
     "gene_grid",
     "grid_for",
     "pixel_test",
@@ -40,6 +42,8 @@ TEST_DESCRIPTIONS = {
     "mannwhitney": "Mann-Whitney U per pixel (every genomap treated as an independent sample)",
     "mixedlm": "Mixed model per pixel, value ~ group + (1 | batch) (batches as independent units)",
 }
+#: The per-pixel tests between two groups of batches (pixeltests' Mann-Whitney, lmm's mixed model).
+PIXEL_TESTS = tuple(TEST_DESCRIPTIONS)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -227,6 +231,25 @@ def pixel_test(
     )
 
 
+def counterfactual_images(comparison, batches: Sequence[str]) -> list[np.ndarray]:
+    """The ``(n_cells, rows, cols)`` counterfactual genomaps of ``comparison`` into each of ``batches``: what
+    every per-pixel test between groups of batches samples.
+
+    Raises
+    ------
+    DataError
+        For an averaged comparison (the tests need one row per cell) or a batch without a counterfactual.
+    """
+    if comparison.averaged:
+        raise DataError("The comparison averages its cells into one row; a pixel test needs one row per cell. "
+                        "Compute the comparison of the cells without averaging.")
+    missing = [str(b) for b in batches if counterfactual_name(b) not in comparison.images]
+    if missing:
+        raise DataError(f"The comparison has no counterfactual for batch(es) {missing}. Available: "
+                        f"{list(comparison.batches)}. Recompute the comparison with these target batches.")
+    return [comparison.images[counterfactual_name(b)] for b in batches]
+
+
 def counterfactual_group_test(
     comparison,
     batches_a: Sequence[str],
@@ -251,14 +274,8 @@ def counterfactual_group_test(
         raise DataError(
             f"Batches {overlap} are in both groups; each batch must be in one group only."
         )
-    missing = [b for b in batches_a + batches_b if counterfactual_name(b) not in comparison.images]
-    if missing:
-        raise DataError(
-            f"The comparison has no counterfactual for batch(es) {missing}. Available: "
-            f"{list(comparison.batches)}. Recompute the comparison with these target batches."
-        )
-    ga = np.concatenate([comparison.images[counterfactual_name(b)] for b in batches_a], axis=0)
-    gb = np.concatenate([comparison.images[counterfactual_name(b)] for b in batches_b], axis=0)
+    ga = np.concatenate(counterfactual_images(comparison, batches_a), axis=0)
+    gb = np.concatenate(counterfactual_images(comparison, batches_b), axis=0)
     if names is None:
         names = ("A", "B")
     res = pixel_test(ga, gb, layout=comparison.layout, alpha=alpha, alternative=alternative, names=names)

@@ -2,6 +2,7 @@
 optional per-pixel test between two groups of batches."""
 from __future__ import annotations
 
+from ..pixeltests import PIXEL_TESTS
 from ..report import pixel_test_outputs, write_comparison_outputs, write_json
 from ._common import (
     _Console,
@@ -128,7 +129,7 @@ def add_parser(sub, common):
     gm.add_argument("--test", nargs=2, metavar=("BATCHES_A", "BATCHES_B"),
                     help="per-pixel Mann-Whitney U between counterfactuals to two groups of batches "
                          "(comma-separated), on the selected cells")
-    gm.add_argument("--test-method", choices=["mannwhitney", "mixedlm"], default="mannwhitney",
+    gm.add_argument("--test-method", choices=list(PIXEL_TESTS), default="mannwhitney",
                     help="--test's model: mannwhitney (every cell x batch genomap independent; default) or "
                          "mixedlm (value ~ group + (1 | batch): each batch in BATCHES_A is group A, in BATCHES_B "
                          "group B; needs 2+ batches per group)")

@@ -14,7 +14,7 @@ Modules: ``_layout`` (GenomapLayout, grid_shape), ``_compute`` (compute_layout),
 from ._compute import compute_layout, gene_correlation, pixel_coordinates, radial_rings
 from ._layout import GenomapLayout, grid_shape
 from ._quality import layout_quality, zscore_stack
-from .ensure import ensure_layout, layout_columns, zscore_reference
+from .ensure import ensure_layout, layout_columns, resolve_layout, zscore_reference
 from .lazy import difference_stack, genomap_stack, stack_source
 from .limits import robust_limits, stack_limits, symmetric_limits
 
@@ -30,6 +30,7 @@ __all__ = [
     "layout_quality",
     "pixel_coordinates",
     "radial_rings",
+    "resolve_layout",
     "robust_limits",
     "stack_limits",
     "stack_source",

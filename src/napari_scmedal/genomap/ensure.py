@@ -1,10 +1,9 @@
 """A model's genomap layout and z-score reference, computed once and shared by every view.
 
-* :func:`grid_shape`: the one rule for the grid of ``n`` genes (the smallest square that fits, less any
-  empty rows: 2,916 genes -> 54 x 54, 300 -> 17 x 18);
 * :func:`layout_columns`: where each layout gene sits among the model's genes (checks they match);
-* :func:`ensure_layout`: ``model.layout``, computed with Gromov-Wasserstein on a sample of cells and
-  attached the first time;
+* :func:`ensure_layout`: ``model.layout``, computed with Gromov-Wasserstein on a sample of cells (the grid
+  by :func:`~napari_scmedal.genomap.grid_shape`) and attached the first time; :func:`resolve_layout`: the
+  layout a view uses (given, the model's, or ensured, on the data viewed for a model loaded without cells);
 * :func:`zscore_reference`: per-gene mean and standard deviation over a reference stack of versions
   (METHOD.md section 5), cached per model, so every z-scored view shares one scale.
 
@@ -16,26 +15,22 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
 
 from ..errors import DataError, LayoutError
 from ..selection import subsample
+from ..versions import cf_key
 from ._layout import grid_shape
 
 if TYPE_CHECKING:
     from ..model._protocols import ModelLike, VersionsModel
 
-__all__ = ["ensure_layout", "grid_shape", "layout_columns", "training_adata", "zscore_reference"]
+__all__ = ["ensure_layout", "layout_columns", "resolve_layout", "zscore_reference"]
 
 _ZSCORE_CACHE: weakref.WeakKeyDictionary[Any, dict] = weakref.WeakKeyDictionary()
-
-
-def training_adata(model: ModelLike):
-    """The model's training AnnData; a :class:`DataError` with the fix for a model loaded from a file."""
-    return model._training_adata(None)
 
 
 def layout_columns(layout, genes: Sequence[str]) -> np.ndarray:
@@ -54,7 +49,7 @@ def layout_columns(layout, genes: Sequence[str]) -> np.ndarray:
     return pos
 
 
-def ensure_layout(model: VersionsModel, adata=None, layout=None, shape=None, seed: int = 0, max_cells: int = 2000,
+def ensure_layout(model: ModelLike, adata=None, layout=None, shape=None, seed: int = 0, max_cells: int = 2000,
                   force: bool = False):
     """Return the model's genomap layout, computing it once and attaching it if missing.
 
@@ -90,8 +85,9 @@ def ensure_layout(model: VersionsModel, adata=None, layout=None, shape=None, see
     from ._compute import compute_layout
 
     if adata is None:  # the model's own cells (in memory or on disk): transform only the sampled ones
-        rows = subsample(model.n_cells(), max_cells, seed)
-        X = np.asarray(model._prepare(None, lazy=True).subset(rows).X_log, dtype=np.float32)
+        own = cast("VersionsModel", model)  # a model with its cells (a test double passes adata)
+        rows = subsample(own.n_cells(), max_cells, seed)
+        X = np.asarray(own._prepare(None, lazy=True).subset(rows).X_log, dtype=np.float32)
     else:  # sample the cells first, so only they are read and transformed
         source = adata[subsample(adata.n_obs, max_cells, seed)] if adata.n_obs > max_cells else adata
         X = np.asarray(model.recipe.transform(source).X_log, dtype=np.float32)
@@ -100,6 +96,27 @@ def ensure_layout(model: VersionsModel, adata=None, layout=None, shape=None, see
     layout = compute_layout(X, shape=shape, genes=genes, seed=seed)
     _attach_layout(model, layout)
     return layout
+
+
+def resolve_layout(model: ModelLike, layout=None, adata=None):
+    """The layout a view of ``model`` uses: ``layout`` when given (checked, not attached), else the model's,
+    computed once (:func:`ensure_layout`) on its training cells or, for a model loaded without them, on
+    ``adata`` (an AnnData, a backed one, an ``H5adSource`` or a path: opened backed, read-only)."""
+    if layout is not None:
+        layout_columns(layout, model.genes)
+        return layout
+    if model.layout is not None:
+        return model.layout
+    try:
+        return ensure_layout(model)  # on the model's own (training) cells
+    except DataError:
+        if adata is None:
+            raise
+    if not hasattr(adata, "obs") or hasattr(adata, "read_rows"):  # a path or an H5adSource: open it backed
+        import anndata as ad
+
+        adata = ad.read_h5ad(getattr(adata, "path", adata), backed="r")
+    return ensure_layout(model, adata=adata)
 
 
 def _attach_layout(model, layout) -> None:
@@ -123,24 +140,28 @@ def _reference_cells(obs: pd.DataFrame, batch_key: str, label_key: str | None, n
     return np.sort(must)
 
 
-def zscore_reference(model: ModelLike, adata=None, n_cells: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def zscore_reference(model: ModelLike, adata=None, n_cells: int = 300, seed: int = 0, *,
+                     fallback=None) -> tuple[np.ndarray, np.ndarray]:
     """Per-gene mean and std over the reference stack, computed once and cached on the model.
 
     The stack is the input, FE, RE and every counterfactual of up to ``n_cells`` cells of ``adata``
-    (default: the training data), at least one per batch x label. Zero-variance genes get
-    ``std = inf``, so their z-score is 0.
+    (default: the training data; ``fallback``, e.g. the cells being viewed, for a model loaded without
+    them), at least one per batch x label. Zero-variance genes get ``std = inf``, so their z-score is 0.
     """
     key = ("zscore", int(n_cells), int(seed))
     cache = _ZSCORE_CACHE.get(model)
     if cache is not None and key in cache:
         return cache[key]
-    source = adata if adata is not None else training_adata(model)
+    try:
+        source = model._training_adata(adata)
+    except DataError:
+        if fallback is None:
+            raise
+        source = fallback
     recipe = model.recipe
-    if source is None:
-        raise DataError("zscore_reference needs cells: pass adata=... (the model holds no training data).")
     idx = _reference_cells(source.obs, recipe.batch_key, recipe.label_key, n_cells, seed)
     v = model.predict_versions(source[idx], list(model.batches))
-    stack = [v["original"], v["fe"], v["re"]] + [v[f"cf:{b}"] for b in model.batches]
+    stack = [v["original"], v["fe"], v["re"]] + [v[cf_key(b)] for b in model.batches]
     allrows = np.concatenate(stack, axis=0).astype(np.float64)
     mean, std = allrows.mean(axis=0), allrows.std(axis=0)
     std[std <= 1e-12] = np.inf

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import DataError, ScMEDALError
 from ..versions import CF_DEFAULT, check_version
-from .ensure import ensure_layout, layout_columns
+from .ensure import layout_columns, resolve_layout
 
 if TYPE_CHECKING:
     from dask.typing import Graph
@@ -58,30 +58,6 @@ def _model_lock(model) -> threading.RLock:
                 lock = threading.RLock()
                 model._genomap_stack_lock = lock
         return lock
-
-
-def _resolve_layout(model, adata, layout):
-    if layout is not None:
-        layout_columns(layout, model.genes)  # validated, not attached
-        return layout
-    if model.layout is not None:
-        return model.layout
-    try:
-        return ensure_layout(model, seed=0)  # on the model's own (training) cells
-    except DataError:
-        if adata is None:
-            raise
-        from ..data.ondisk import H5adSource
-
-        if isinstance(adata, H5adSource):
-            import anndata as ad
-
-            adata = ad.read_h5ad(adata.path, backed="r")
-        elif not hasattr(adata, "obs"):
-            import anndata as ad
-
-            adata = ad.read_h5ad(adata, backed="r")
-        return ensure_layout(model, adata=adata, seed=0)  # a loaded model: the data given
 
 
 def _resolve_adata(model, adata):
@@ -224,7 +200,7 @@ def genomap_stack(model: VersionsModel, adata=None, version: str = "original", *
                            "or np.float16.")
     version = check_version(model, version, method)
     data, n = _resolve_adata(model, adata)
-    layout = _resolve_layout(model, adata if data is None else data, layout)
+    layout = resolve_layout(model, layout, adata if data is None else data)
     source = LazyGenomaps(model, data, version, method, layout, n, int(chunk_cells), dt, int(cache_chunks))
     arr = _as_dask(source, "genomaps-" + version.replace(":", "-").replace(" ", "_")[:40])
     _SOURCES[arr.name] = source

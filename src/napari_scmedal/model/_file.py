@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .._utils import json_safe
-from ..errors import DataError, ModelFileError, ScMEDALError
+from ..errors import ModelFileError, ScMEDALError
 from ..modelfile import (
     FILE_FORMAT,
     FILE_VERSION,
