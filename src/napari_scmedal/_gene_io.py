@@ -143,8 +143,3 @@ def load_gene_set(path, name: str | None = None) -> tuple[str, list[str]]:
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise DataError(f"No gene set {name!r} in {os.path.basename(spec)}.{hint} Its sets: {shown}.")
     return key, sets[key]
-
-
-# ----------------------------------------------------------------------------------------------
-# a request from the command line (or any caller): highlighted genes and one gene set
-# ----------------------------------------------------------------------------------------------

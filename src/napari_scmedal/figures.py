@@ -35,10 +35,9 @@ from matplotlib.lines import Line2D
 
 from ._figure_marks import HIGHLIGHT_COLOR, TileMarks
 from ._figure_pixeltest import pixel_test_figure
-from ._figure_text import (  # noqa: F401
+from ._figure_text import (  # noqa: F401  (DEFAULT_WIDTH_MM, MIN_FONT_PT: re-exported, in __all__)
     DEFAULT_WIDTH_MM,
     DIFFERENCE_CMAP,
-    EMPTY_PIXEL_COLOR,
     EXPRESSION_CMAP,
     FONT_PT,
     GENE_COLOR,

@@ -314,7 +314,7 @@ def _reference(names: list[str], model, adata, reference) -> tuple[np.ndarray, n
 def set_scores(comparison, genes, model=None, adata=None, reference: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per row and image, the mean z-score of a gene set's genes, and its change in each difference.
 
-    Each gene is z-scored against the reference stack of :func:`~napari_scmedal.compare.zscore_reference`
+    Each gene is z-scored against the reference stack of :func:`~napari_scmedal.genomap.zscore_reference`
     (per-gene mean and std over the original, FE, RE and every counterfactual of reference cells;
     zero-variance genes score 0), the reference ``compare_cells(scale="zscore")`` uses.  A z-scored
     comparison's pixels already are these z-scores; a log1p comparison needs ``model`` (or

@@ -3,7 +3,7 @@ console messages.
 
 :class:`ProgressBars` is the ``progress`` callable given to :meth:`napari_scmedal.ScMEDAL.train` (one
 dict per epoch: ``{"model", "epoch", "max_epochs", "train", "val", "last_epoch", ...}``) and to
-:func:`napari_scmedal.data.ondisk.stream_prepare` (one dict per block: ``{"pass", "done", "total"}``).
+:func:`napari_scmedal.data.stream.stream_prepare` (one dict per block: ``{"pass", "done", "total"}``).
 It keeps ONE bar of the class it is given, restarted (count, total, description) whenever the network
 or the streaming pass changes, so a front end shows a single bar for a whole run: the CLI passes
 ``tqdm``, the napari widgets ``napari.utils.progress`` (a tqdm subclass).  Imports neither Qt nor

@@ -18,14 +18,9 @@ Modules: :mod:`._main` (the parser and :func:`main`), :mod:`._paths` (input and 
 """
 from __future__ import annotations
 
-# the commands' shared names, importable from here as before (tests, docs, scripts)
-from ..report import (  # noqa: F401
-    holdout_summary,
-    report_health,
-    report_training,
-    write_comparison_outputs,
-)
-from ._common import PROG, _Console  # noqa: F401
+# names the tests reach through the package (the writers and reports live in napari_scmedal.report)
+from ..report import report_health  # noqa: F401
+from ._common import _Console  # noqa: F401
 from ._main import build_parser, main
 from ._paths import UsageError
 from .demo import maybe_open_viewer  # noqa: F401

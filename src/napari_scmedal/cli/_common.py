@@ -3,7 +3,6 @@ and the data, and the training progress bar."""
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 from ..progress import Console, ProgressBars
 from ..report import report_health
@@ -75,28 +74,13 @@ def _load_model(path, args, health: bool = True):
     from ..model import ScMEDAL
 
     p = _existing_file(path, "model file")
-    model = ScMEDAL.load(p, **_device_kw(ScMEDAL.load, args))
+    model = ScMEDAL.load(p, device=args.device, threads=args.threads)
     model.size_factor_key = getattr(args, "size_factor_key", None)
     quiet = _Console(quiet=True)
-    if health and report_health(getattr(model, "health", None), quiet, full=False):
+    if health and report_health(model.health, quiet, full=False):
         quiet.warn(f"{p.name} was saved with the training-health problems above; its outputs may be unreliable "
                    "('scmedal evaluate' shows its health).")
     return model, p
-
-
-def _device_kw(fn, args) -> dict:
-    import inspect
-
-    kw: dict[str, Any] = {}
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return kw
-    if "device" in params and args.device is not None:
-        kw["device"] = args.device
-    if "threads" in params and args.threads is not None:
-        kw["threads"] = args.threads
-    return kw
 
 
 def _read_data(path, layer=None, backed: bool = False):

@@ -25,11 +25,11 @@ def cmd_genomap(args, con: _Console) -> int:
     formats = _formats(args.formats)
     if not args.cells and not args.group:
         raise UsageError("Choose cells with --cells NAME_OR_INDEX ... or a group with --group KEY=VALUE[,KEY=VALUE].")
-    genes = gene_request(model, getattr(adata, "var", None), _split_list(args.highlight), args.gene_set,
+    genes = gene_request(model, adata.var, _split_list(args.highlight), args.gene_set,
                          args.gene_set_name)  # unknown genes fail here, before any work
     for line in genes.notes():
         con.say(line)
-    if getattr(model, "layout", None) is None:
+    if model.layout is None:
         con.say("the model has no genomap layout yet: computing one on this data (Gromov-Wasserstein); "
                 "it is written to layout.json (the model file is not changed)")
         layout = ensure_layout(model, adata=adata, seed=args.seed)
@@ -100,7 +100,7 @@ def add_parser(sub, common):
     gm = sub.add_parser("genomap", parents=[common], help="genomap arrays, panels and top-gene tables of chosen cells",
                         description="Genomap images of chosen cells or groups in every version (original, FE, RE, "
                                     "counterfactuals, differences): arrays (.npz), figure panels, top-gene CSVs and "
-                                    "optionally a per-pixel Mann-Whitney U test between two groups of batches.")
+                                    "optionally a per-pixel test (Mann-Whitney U or a mixed model) between two groups of batches.")
     gm.add_argument("model", metavar="MODEL")
     gm.add_argument("data", metavar="DATA.h5ad")
     gm.add_argument("--cells", nargs="+", metavar="CELL", help="obs names or integer positions (one row each)")
@@ -127,7 +127,7 @@ def add_parser(sub, common):
     gm.add_argument("--formats", default="png", help="figure formats, comma-separated: png,svg,pdf,tif (default png)")
     gm.add_argument("--dpi", type=int, default=200, help="figure resolution (default 200)")
     gm.add_argument("--test", nargs=2, metavar=("BATCHES_A", "BATCHES_B"),
-                    help="per-pixel Mann-Whitney U between counterfactuals to two groups of batches "
+                    help="per-pixel test (--test-method) between counterfactuals to two groups of batches "
                          "(comma-separated), on the selected cells")
     gm.add_argument("--test-method", choices=list(PIXEL_TESTS), default="mannwhitney",
                     help="--test's model: mannwhitney (every cell x batch genomap independent; default) or "

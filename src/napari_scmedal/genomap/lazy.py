@@ -179,7 +179,7 @@ def genomap_stack(model: VersionsModel, adata=None, version: str = "original", *
         Cells per chunk (one model call each); chunks are ``(chunk_cells, rows, cols)``.
     layout
         A :class:`GenomapLayout` to use (validated, not attached); default: the model's, computed once
-        by :func:`napari_scmedal.compare.ensure_layout` (seed 0) and attached to the model.
+        by :func:`napari_scmedal.genomap.ensure_layout` (seed 0) and attached to the model.
     dtype
         Floating dtype of the images (NaN on empty pixels), float32 by default.
     cache_chunks

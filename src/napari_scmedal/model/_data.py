@@ -52,7 +52,7 @@ class DataAccess(_State):
     def _prepare(self, adata=None, lazy: bool = False):
         """Model-ready rows: the training cells (``adata=None``) or ``adata`` aligned through the recipe.
         On-disk data (a path, a backed AnnData, the out-of-core training file) and ``lazy=True`` give a
-        :class:`~napari_scmedal.data.ondisk.LazyPrepared` that reads rows when sliced."""
+        :class:`~napari_scmedal.data.lazy.LazyPrepared` that reads rows when sliced."""
         from ..data.ondisk import LazyPrepared, is_on_disk
 
         if adata is None:
