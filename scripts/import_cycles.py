@@ -1,6 +1,6 @@
 """List import cycles between napari_scmedal's modules (module-level and in-function imports alike).
 
-    python scripts/import_cycles.py [--top-level-only]
+    python scripts/import_cycles.py
 
 Exit status 1 when a cycle exists. A package's ``__init__`` counts as the package itself; importing
 ``pkg.mod`` from inside ``pkg`` is an edge to ``pkg.mod`` only. Used by tests/test_architecture.py.
@@ -31,16 +31,12 @@ def _resolve(mod: str, is_pkg: bool, node: ast.ImportFrom) -> str:
     return ".".join(base + ([node.module] if node.module else []))
 
 
-def graph(top_level_only: bool = False) -> dict[str, set[str]]:
+def graph() -> dict[str, set[str]]:
     files = {module_name(p): p for p in (SRC / PKG).rglob("*.py")}
     edges: dict[str, set[str]] = {m: set() for m in files}
     for mod, path in files.items():
         tree = ast.parse(path.read_text(encoding="utf-8"))
-        nodes = tree.body if top_level_only else list(ast.walk(tree))
-        if top_level_only:  # module level, including under `if TYPE_CHECKING:`-free ifs/trys
-            nodes = [n for top in tree.body for n in ast.walk(top)
-                     if not isinstance(top, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
-        for node in nodes:
+        for node in ast.walk(tree):
             targets = []
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
@@ -88,9 +84,8 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    edges = graph(top_level_only="--top-level-only" in argv)
+def main() -> int:
+    edges = graph()
     found = cycles(edges)
     for comp in found:
         inner = {m: sorted(edges[m] & set(comp)) for m in comp}

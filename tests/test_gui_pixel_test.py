@@ -96,6 +96,8 @@ def test_mann_whitney_says_cells_are_treated_as_independent(explorer, qtbot):
     qtbot.waitUntil(lambda: not ex.busy and ex.comparison.n_rows == 2, timeout=TIMEOUT_MS)
     assert panel.result is None and not panel.save_btn.isEnabled()
     assert "run the test again" in panel.status_label.text()
+    # the outline layer is an annotation layer: hidden and kept for the next result, not removed (slow)
+    assert viewer.layers[SIGNIFICANT_LAYER] is ly and not ly.visible
 
 
 def test_pixel_test_refuses_an_averaged_comparison_and_empty_groups(explorer, qtbot):

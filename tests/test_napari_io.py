@@ -185,7 +185,7 @@ def test_pca_of_large_data_fits_on_a_subsample_and_projects_every_cell():
     import scanpy as sc
     from sklearn.decomposition import PCA
 
-    from napari_scmedal._napari._layers import pca_2d
+    from napari_scmedal.embedding import pca_2d
 
     ad = cellbench()
     sc.pp.normalize_total(ad, target_sum=1e4)

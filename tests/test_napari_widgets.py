@@ -63,7 +63,7 @@ def _assert_report_shows(w, model):
 
 # ---------------------------------------------------------------------------------------------- model
 def test_train_in_worker_adds_latent_layers_and_metrics(make_napari_viewer, qtbot):
-    from napari_scmedal._napari._layers import pca_2d
+    from napari_scmedal.embedding import pca_2d
     from napari_scmedal._napari._model_widget import ModelWidget
 
     viewer, cells = _viewer_with_sample(make_napari_viewer)

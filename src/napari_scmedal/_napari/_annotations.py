@@ -42,6 +42,7 @@ def replace_layer(viewer, name, adder, data, **kwargs):
             ly.features = pd.DataFrame(features)
         if "text" in kwargs:
             ly.text = kwargs["text"]
+        ly.metadata.update(kwargs["metadata"])
         ly.visible = True
         return ly
     if isinstance(ly, Vectors) and adder == viewer.add_vectors:

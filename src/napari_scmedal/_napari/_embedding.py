@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from napari_scmedal.embedding import pca_2d
+
 from ._common import MODEL_KEY
-from ._layers import ADATA_KEY, cells_layer_data, color_cycle, legend_layer_data, pca_2d
+from ._layers import ADATA_KEY, cells_layer_data, color_cycle, legend_layer_data
 
 LATENT_NAMES = {"fe": "FE latent", "fec": "FEC latent", "re": "RE latent"}
 

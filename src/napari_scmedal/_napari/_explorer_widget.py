@@ -83,7 +83,6 @@ class GenomapExplorer(CellChoices, DockWidget):
         root.addWidget(self.stack_panel)
         self.stack_version_combo = self.stack_panel.version_combo
         self.stack_btn = self.stack_panel.add_btn
-        self.stack_workers = self.stack_panel.workers
         root.addStretch(1)
 
         self._timer = QTimer(self)
@@ -134,7 +133,7 @@ class GenomapExplorer(CellChoices, DockWidget):
         s = self.save_choices()
         adata = layer.metadata[ADATA_KEY]
         average, scale = s["average"], s["scale"]
-        needs_layout = getattr(model, "layout", None) is None
+        needs_layout = model.layout is None
         self.status_label.setText("Computing the genomap layout once for this model (Gromov-Wasserstein)..."
                                   if needs_layout else "Computing...")
         t0 = time.perf_counter()
@@ -171,10 +170,6 @@ class GenomapExplorer(CellChoices, DockWidget):
     def stack_layer(self):
         """The all-cells stack layer added last (None before one is)."""
         return self.stack_panel.layer
-
-    def stack_version(self):
-        """``(label, core version)`` chosen for the all-cells stack."""
-        return self.stack_panel.version()
 
     def add_all_cells_stack(self):
         """Add the all-cells stack of the chosen version (see :meth:`._stack_panel.StackPanel.add_stack`)."""

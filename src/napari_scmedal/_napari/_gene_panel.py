@@ -31,7 +31,7 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from ._annotations import replace_layer
+from ._annotations import hide_layer, replace_layer
 from ._common import notify_error
 from ._layers import ADATA_KEY
 from ._tiles import MARKS_LAYER, SET_LAYER, row_title, short_title
@@ -114,7 +114,6 @@ class GenePanel(QGroupBox):
         self.workers = []
         self._genes_key = None
         self._coloured = None  # (cells layer, its colouring before "Colour cells by gene")
-        self.last_status = ""
 
         lay = QVBoxLayout(self)
         self.search_edit = QLineEdit()
@@ -164,7 +163,6 @@ class GenePanel(QGroupBox):
             self.completer.model().setStringList([] if model is None else [str(g) for g in model.genes])
 
     def _say(self, text):
-        self.last_status = text
         self.status_label.setText(text)
 
     def _resolve(self, queries):
@@ -214,8 +212,7 @@ class GenePanel(QGroupBox):
         if not genes:
             self.values_df = None
             fill_table(self.values_table, [], [], np.empty((0, 0)), [])
-            if MARKS_LAYER in self.viewer.layers:
-                self.viewer.layers[MARKS_LAYER].visible = False
+            hide_layer(self.viewer, MARKS_LAYER)
             return
         from napari_scmedal.genesets import gene_pixels, gene_values
 
@@ -231,7 +228,6 @@ class GenePanel(QGroupBox):
             features={"gene": labels}, metadata={"marked_genes": list(genes)},
             text={"string": "{gene}", "size": 8, "color": MARK_COLOR, "anchor": "upper_left",
                   "translation": [-0.75 * MARK_SIZE, 0.75 * MARK_SIZE]})
-        self.viewer.layers[MARKS_LAYER].metadata["marked_genes"] = list(genes)
         df = gene_values(comp, genes)
         self.values_df = df
         cols = [f"{g}\n{row_title(comp, int(r)).splitlines()[0][:22]}" for r, g in zip(df["row"], df["gene"])]
@@ -365,8 +361,7 @@ class GenePanel(QGroupBox):
         if not genes:
             self.scores_df = None
             fill_table(self.set_table, [], [], np.empty((0, 0)), [])
-            if SET_LAYER in self.viewer.layers:
-                self.viewer.layers[SET_LAYER].visible = False
+            hide_layer(self.viewer, SET_LAYER)
             return
         from napari_scmedal.genesets import gene_set_mask
 

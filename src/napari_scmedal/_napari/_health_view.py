@@ -54,8 +54,7 @@ class TrainingReport(QWidget):
 
     def show_model(self, model) -> list[str]:
         """Show ``model``'s settings and health; return its health problems (``"FE: ..."`` sentences)."""
-        derived, health = getattr(model, "derived", None), getattr(model, "health", None)
-        history = getattr(model, "history", None)
+        derived, health, history = model.derived, model.health, model.history
         summary = settings_summary(derived)
         self.settings_label.setText(f"Trained with {summary}" if summary else "Training settings: not recorded "
                                     "in this model file")

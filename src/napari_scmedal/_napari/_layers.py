@@ -10,8 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-# one implementation, in the core (the training process computes the latents' 2-D PCA too)
-from napari_scmedal.embedding import fit_pca_2d, pca_2d  # noqa: F401
+from napari_scmedal.embedding import pca_2d
 
 #: on-screen size (in world units) of the longest side of a cells layer
 DISPLAY_SPAN = 400.0

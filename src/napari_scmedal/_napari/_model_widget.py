@@ -292,11 +292,11 @@ class ModelWidget(TrainingForm, DockWidget):
         self.save_btn.setEnabled(True)
         stopped = " (cancelled: best weights kept)" if cancelled else ""
         if how == "trained" and not stopped and any(
-                (h or {}).get("stopped") == "max_time" for h in (getattr(model, "history", None) or {}).values()):
+                (h or {}).get("stopped") == "max_time" for h in model.history.values()):
             stopped = " (time cap reached: best weights kept)"
         self.status_label.setText(f"Model {how}{stopped}. Adding latent layers...")
         adata = layer.metadata[ADATA_KEY]
-        kinds = list(getattr(model, "trained_kinds", None) or ["fe", "re"])
+        kinds = list(model.trained_kinds)
         want_metrics = self.metrics_check.isChecked()
 
         def _steps(latents):

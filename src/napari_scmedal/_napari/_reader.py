@@ -73,10 +73,11 @@ def read_backed(path, seed: int = 0, max_fit: int = 5000, n_top: int = 2000):
 
     from napari_scmedal.data import detect_input_kind
     from napari_scmedal.data.ondisk import DEFAULT_CHUNK_CELLS, H5adSource
+    from napari_scmedal.embedding import fit_pca_2d
     from napari_scmedal.errors import DataError
     from napari_scmedal.selection import subsample
 
-    from ._layers import file_embedding, fit_pca_2d, log_normalised, most_variable
+    from ._layers import file_embedding, log_normalised, most_variable
 
     try:
         adata = ad.read_h5ad(path, backed="r")

@@ -29,14 +29,15 @@ from qtpy.QtWidgets import (
 )
 
 from ._common import Bridge, notify_error
+from ._annotations import hide_layer
 from ._tile_overlays import outline_on_tiles
+from ._tiles import SIGNIFICANT_LAYER
 
 #: p-values of the mixed model's group coefficient: a t distribution with (batches - 2) degrees of freedom, or the
 #: normal (statsmodels MixedLM's z-test). With few batches the z-test is anti-conservative (measured with 20
 #: batches: 19% of its significant pixels false vs 7.5% with t; docs/benchmarks.md), hence t by default here.
 DISTS = {"t (batches - 2 df)": "t", "normal (as statsmodels)": "normal"}
 METHODS = {"mixed model (batch random effect)": "mixedlm", "Mann-Whitney (cells independent)": "mannwhitney"}
-SIGNIFICANT_LAYER = "genomap | significant pixels"
 NOTES = {
     "mixedlm": "value ~ group + (1 | batch) per pixel, Benjamini-Hochberg. The same cells are projected into "
                "every batch: the random intercept absorbs batch-level correlation, not the repeated cells.",
@@ -105,7 +106,7 @@ class PixelTestPanel(QGroupBox):
     # ------------------------------------------------------------------ choices
     def comparison_shown(self, comp) -> None:
         """The explorer shows a new comparison: offer its target batches; the old result no longer applies."""
-        batches = [str(b) for b in getattr(comp, "batches", [])]
+        batches = [str(b) for b in comp.batches]
         for lst in (self.a_list, self.b_list):
             chosen = {it.text() for it in lst.selectedItems()}
             lst.clear()
@@ -205,8 +206,7 @@ class PixelTestPanel(QGroupBox):
     def clear_overlay(self) -> None:
         self.result = None
         self.save_btn.setEnabled(False)
-        if SIGNIFICANT_LAYER in self.explorer.viewer.layers:
-            self.explorer.viewer.layers[SIGNIFICANT_LAYER].visible = False
+        hide_layer(self.explorer.viewer, SIGNIFICANT_LAYER)
 
     def save_csv(self, path=None, significant_only: bool = False):
         """Write the result's per-pixel gene table (a file dialog when ``path`` is None)."""

@@ -31,8 +31,10 @@ OWN_LAYER = PREFIX + "own batch"
 TOP_LAYER = PREFIX + "top genes"
 MARKS_LAYER = PREFIX + "marked genes"  # the gene panel's layers (_gene_panel.py)
 SET_LAYER = PREFIX + "gene set"
-#: Annotation layers: kept (updated in place) when a new comparison replaces the tiles.
-ANNOTATION_LAYERS = (TITLES_LAYER, ROWS_LAYER, OWN_LAYER, TOP_LAYER, MARKS_LAYER, SET_LAYER)
+SIGNIFICANT_LAYER = PREFIX + "significant pixels"  # the pixel-test panel's outline (_test_panel.py)
+#: Annotation layers: kept (updated in place or hidden) when a new comparison replaces the tiles; removing a
+#: layer is slow (a full garbage collection).
+ANNOTATION_LAYERS = (TITLES_LAYER, ROWS_LAYER, OWN_LAYER, TOP_LAYER, MARKS_LAYER, SET_LAYER, SIGNIFICANT_LAYER)
 #: Tile layers are named "<compact version> | genomap" so that names differ within their first 20 characters
 #: (napari's layer list shows about that many): batch names longer than BATCH_CHARS keep their head and tail.
 LAYER_SUFFIX = " | genomap"
