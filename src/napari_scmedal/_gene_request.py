@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._gene_io import load_gene_set, parse_gene_list
-from .analysis import write_csv
+from ._utils import write_csv
 from .errors import DataError
 from .genesets import gene_values, resolve_genes, set_scores
 

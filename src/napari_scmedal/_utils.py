@@ -135,3 +135,12 @@ def is_cancelled(cancel) -> bool:
     if hasattr(cancel, "is_set"):
         return bool(cancel.is_set())
     return bool(cancel())
+
+
+def write_csv(df, path) -> str:
+    """Write the DataFrame ``df`` to ``path`` as CSV, without its index, atomically (:func:`atomic_output`);
+    the one CSV writer of the package's tables. Returns the path."""
+    path = os.fspath(path)
+    with atomic_output(path) as tmp:
+        df.to_csv(tmp, index=False)
+    return path

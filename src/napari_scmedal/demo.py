@@ -237,7 +237,8 @@ def _top_genes_cells(model, adata, layout, out: Path, n_cells: int) -> str:
     """``top_genes_cells.csv``: the top genes of the first ``n_cells`` cells of each line."""
     import pandas as pd
 
-    from .analysis import top_genes_table, write_csv
+    from ._utils import write_csv
+    from .analysis import top_genes_table
     from .compare import compare_cells, select_cells
 
     per_cell = []

@@ -46,4 +46,14 @@ def pca_2d(X, seed=0, max_fit=5000):
     return fit_pca_2d(X[subsample(n, max_fit, seed)], seed)(X)
 
 
-__all__ = ["fit_pca_2d", "pca_2d"]
+def latents_2d(model, adata=None, kinds=None) -> dict:
+    """``{kind: (latent (n, d), its 2-D PCA (n, 2))}`` of ``adata``'s cells for each trained latent (or
+    ``kinds``): what the model widget draws as latent clouds (computed in the training process or a worker)."""
+    out = {}
+    for kind in model.trained_kinds if kinds is None else kinds:
+        Z = np.asarray(model.get_latent_representation(kind, adata=adata))
+        out[kind] = (Z, pca_2d(Z))
+    return out
+
+
+__all__ = ["fit_pca_2d", "latents_2d", "pca_2d"]

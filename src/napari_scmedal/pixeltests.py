@@ -13,7 +13,6 @@ Vectorised numpy / scipy. Pure core: no Qt, no napari.
 """
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ._utils import atomic_output
+from ._utils import write_csv
 from .errors import DataError
 from .versions import counterfactual_name
 
@@ -281,14 +280,3 @@ def counterfactual_group_test(
     res = pixel_test(ga, gb, layout=comparison.layout, alpha=alpha, alternative=alternative, names=names)
     res.meta = {"batches_a": batches_a, "batches_b": batches_b, "n_cells": int(comparison.n_rows)}
     return res
-
-
-# ----------------------------------------------------------------------------------------------
-# output
-# ----------------------------------------------------------------------------------------------
-def write_csv(df: pd.DataFrame, path) -> str:
-    """Write ``df`` to ``path`` as CSV atomically (temporary file + ``os.replace``)."""
-    path = os.fspath(path)
-    with atomic_output(path) as tmp:
-        df.to_csv(tmp, index=False)
-    return path

@@ -136,7 +136,7 @@ def write_comparison_outputs(comp, out: Path, stem: str, formats: Sequence[str],
     dict
         ``{"arrays": [...], "figures": [...], "tables": [...]}``: the paths written.
     """
-    from .analysis import write_csv
+    from ._utils import write_csv
     from .figures import comparison_figure, save_figure
 
     files: dict[str, list[str]] = {"arrays": [], "figures": [], "tables": []}
@@ -187,7 +187,7 @@ def write_metrics(table: dict, out: Path) -> list[str]:
     (one row per score) in ``out``; return the two paths."""
     import pandas as pd
 
-    from .analysis import write_csv
+    from ._utils import write_csv
     from .metrics import metrics_rows
 
     cols = ["split", "latent", "grouping", "metric", "value", "better", "ci_low", "ci_high", "chance", "n_folds"]

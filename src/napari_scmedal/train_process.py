@@ -139,8 +139,8 @@ def train_in_subprocess(adata, model_kwargs: dict | None = None, train_kwargs: d
     class and message; the child's traceback is the ``__cause__``); warnings are re-emitted here. A child
     that dies raises :class:`~napari_scmedal.errors.ScMEDALError` naming its exit code or signal.
     """
-    from .model import ScMEDAL
     from ._utils import is_cancelled
+    from .model import ScMEDAL
 
     model_kwargs, train_kwargs = dict(model_kwargs or {}), dict(train_kwargs or {})
     if threads is None:
@@ -237,17 +237,13 @@ def _child(conn, stop, payload, model_kwargs, train_kwargs, threads, path, want_
                 conn.send(("warning", f"{category.__name__}: {message}", UserWarning))
 
         warnings.showwarning = _show  # warnings passing this process's filters are re-emitted by the caller
-        from .embedding import pca_2d
+        from .embedding import latents_2d
         from .model import ScMEDAL
 
         adata = _open(payload)
         model = ScMEDAL(adata, **model_kwargs)
         model.train(progress=lambda info: conn.send(("progress", info)), cancel=stop.is_set, **train_kwargs)
-        latents = {}
-        if want_latents:
-            for kind in model.trained_kinds:
-                Z = np.asarray(model.get_latent_representation(kind, adata=adata))
-                latents[kind] = (Z, pca_2d(Z))
+        latents = latents_2d(model, adata) if want_latents else {}
         model.save(path)
         conn.send(("result", {"path": path, "latents": latents, "state": _state(model)}))
     except BaseException as exc:  # noqa: BLE001 - everything goes back to the caller

@@ -8,29 +8,10 @@ get_latent_representation`) or from the training process.
 
 from __future__ import annotations
 
-import numpy as np
-
-from napari_scmedal.embedding import pca_2d
-
 from ._common import MODEL_KEY
 from ._layers import ADATA_KEY, cells_layer_data, color_cycle, legend_layer_data
 
 LATENT_NAMES = {"fe": "FE latent", "fec": "FEC latent", "re": "RE latent"}
-
-
-def compute_latents(model, adata, kinds) -> dict:
-    """``{kind: (latent Z, its 2-D PCA)}`` of ``adata``'s cells for each of ``kinds`` (a model without an FEC
-    network skips ``"fec"``). Runs in a worker."""
-    out = {}
-    for kind in kinds:
-        try:
-            Z = model.get_latent_representation(kind, adata=adata)
-        except (KeyError, ValueError):
-            if kind == "fec":  # no FEC network in this model
-                continue
-            raise
-        out[kind] = (np.asarray(Z), pca_2d(Z))
-    return out
 
 
 def color_key(model, color_by: str) -> str:

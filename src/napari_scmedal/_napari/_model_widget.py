@@ -15,6 +15,7 @@ from napari.utils import cancelable_progress
 from napari.utils.notifications import show_warning
 from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QPushButton
 
+from napari_scmedal.embedding import latents_2d
 from napari_scmedal.metrics import metrics_rows
 from napari_scmedal.progress import ProgressBars
 
@@ -27,7 +28,7 @@ from ._common import (
     notify_info,
     scroll_root,
 )
-from ._embedding import LatentLayers, color_key, compute_latents
+from ._embedding import LatentLayers, color_key
 from ._health_view import TrainingReport
 from ._layers import ADATA_KEY
 from ._loss_canvas import LossCanvas
@@ -315,7 +316,7 @@ class ModelWidget(TrainingForm, DockWidget):
             self._layer_steps.start(_steps(latents), _added)
 
         if latents is None:
-            self._run(lambda: compute_latents(model, adata, kinds), _done)
+            self._run(lambda: latents_2d(model, adata, kinds), _done)
         else:
             _done(latents)
 

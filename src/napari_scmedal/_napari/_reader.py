@@ -69,21 +69,14 @@ def read_backed(path, seed: int = 0, max_fit: int = 5000, n_top: int = 2000):
     log-normalised expression are fitted on ``max_fit`` sampled cells (their ``n_top`` most variable
     genes) and every cell is projected block by block, so the matrix is never loaded whole.
     """
-    import anndata as ad
-
-    from napari_scmedal.data import detect_input_kind
+    from napari_scmedal.data import detect_input_kind, read_h5ad
     from napari_scmedal.data.ondisk import DEFAULT_CHUNK_CELLS, H5adSource
     from napari_scmedal.embedding import fit_pca_2d
-    from napari_scmedal.errors import DataError
     from napari_scmedal.selection import subsample
 
     from ._layers import file_embedding, log_normalised, most_variable
 
-    try:
-        adata = ad.read_h5ad(path, backed="r")
-    except Exception as exc:
-        raise DataError(f"Could not open {path} as AnnData ({type(exc).__name__}: {exc}). Check that it was written "
-                        "by anndata (adata.write_h5ad).") from exc
+    adata = read_h5ad(path, backed=True)
     found = file_embedding(adata)
     if found is not None:
         return (adata, *found)

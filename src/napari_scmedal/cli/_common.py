@@ -93,10 +93,4 @@ def _read_data(path, layer=None, backed: bool = False):
         return read_h5ad(p, layer=layer), p
     if layer is not None:
         raise UsageError("--layer cannot be combined with --backed: the model reads the layer it was trained on.")
-    import anndata as ad
-
-    try:
-        return ad.read_h5ad(p, backed="r"), p
-    except Exception as exc:  # noqa: BLE001 -- any failure to open it is a bad input file
-        raise UsageError(f"Could not open {p} backed ({type(exc).__name__}: {exc}); check that it is an .h5ad file "
-                         "written by anndata.") from None
+    return read_h5ad(p, backed=True), p

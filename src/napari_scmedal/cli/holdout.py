@@ -32,7 +32,7 @@ def _settings(args) -> dict:
 
 
 def cmd_holdout(args, con: _Console) -> int:
-    from ..analysis import write_csv
+    from .._utils import write_csv
     from ..holdout import counterfactual_holdout, synthetic_truth
 
     adata, data_path = _read_data(args.data, layer=args.layer)

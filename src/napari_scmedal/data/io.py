@@ -40,8 +40,8 @@ def check_h5ad_file(path) -> Path:
     return path
 
 
-def read_h5ad(path, layer: str | None = None) -> ad.AnnData:
-    """Read an ``.h5ad`` file fully into memory; the file is opened read-only and never written.
+def read_h5ad(path, layer: str | None = None, backed: bool = False) -> ad.AnnData:
+    """Read an ``.h5ad`` file fully into memory (or open it backed); the file is opened read-only and never written.
 
     Parameters
     ----------
@@ -51,6 +51,8 @@ def read_h5ad(path, layer: str | None = None) -> ad.AnnData:
         If given, the named layer (e.g. ``"counts"``) becomes ``X`` of the returned object (the
         original ``X`` is kept as ``layers["X"]`` unless a layer of that name exists). ``X`` may be
         dense or sparse either way.
+    backed
+        Open the file backed (``mode "r"``: the matrix stays on disk) instead of reading it; no ``layer``.
 
     Raises
     ------
@@ -58,9 +60,11 @@ def read_h5ad(path, layer: str | None = None) -> ad.AnnData:
         If the file does not exist, is not an HDF5/h5ad file, or lacks the requested layer.
     """
     path = check_h5ad_file(path)
+    if backed and layer is not None:
+        raise DataError("A layer cannot be chosen for backed reading: open the file in memory to use a layer.")
     try:
-        # anndata opens the HDF5 file with mode "r" when not backed: nothing can be written.
-        adata = ad.read_h5ad(path)
+        # anndata opens the HDF5 file with mode "r" either way: nothing can be written.
+        adata = ad.read_h5ad(path, backed="r") if backed else ad.read_h5ad(path)
     except Exception as exc:  # corrupt or foreign HDF5 file
         raise DataError(
             f"Could not read {path} as AnnData ({type(exc).__name__}: {exc}). "
